@@ -1,0 +1,58 @@
+"""Celery settings for Stepwise, read from the environment with safe defaults.
+
+With CELERY_BROKER_URL unset Stepwise runs in process (the embedded default) and
+nothing here is used to reach a broker. Every setting below is an ordinary
+Celery setting: override any of them in your own config module.
+"""
+
+import os
+
+from kombu import Queue
+
+_broker = os.environ.get("CELERY_BROKER_URL", "")
+_redis = os.environ.get("STEPWISE_REDIS_URL", "")
+
+broker_url = _broker or "memory://"
+# Chords need a result backend: the broker when it is Redis, else Stepwise's Redis.
+result_backend = os.environ.get("CELERY_RESULT_BACKEND") or (
+    _broker if _broker.startswith(("redis://", "rediss://")) else _redis or None
+)
+
+# JSON only, everywhere: a pickled message is refused.
+task_serializer = "json"
+result_serializer = "json"
+event_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# A step is acknowledged only once it has finished, and redelivered if its worker dies.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+worker_cancel_long_running_tasks_on_connection_loss = True
+broker_connection_retry_on_startup = True
+
+# Redis redelivers a message nobody acknowledged within the visibility timeout. It
+# must exceed the longest step (and any retry countdown), in every place it is read.
+visibility_timeout = int(os.environ.get("STEPWISE_VISIBILITY_TIMEOUT", "3600"))
+_transport = {"visibility_timeout": visibility_timeout}
+if os.environ.get("STEPWISE_REDIS_KEY_PREFIX"):
+    # Lets several deployments (or test sessions) share one Redis without crosstalk.
+    _transport["global_keyprefix"] = os.environ["STEPWISE_REDIS_KEY_PREFIX"]
+broker_transport_options = dict(_transport)
+result_backend_transport_options = dict(_transport)
+result_expires = 24 * 3600
+
+# Task and worker events, so Flower shows every step as it happens.
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+
+# Model calls wait on the network (a thread or gevent pool with high concurrency);
+# tools get their own workers. `celery -A tasks worker` with no -Q consumes all three.
+task_default_queue = "celery"
+task_queues = (Queue("celery"), Queue("stepwise.model"), Queue("stepwise.tools"))
+task_routes = {
+    "stepwise.model_step": {"queue": os.environ.get("STEPWISE_MODEL_QUEUE", "stepwise.model")},
+    "stepwise.tool_step": {"queue": os.environ.get("STEPWISE_TOOL_QUEUE", "stepwise.tools")},
+}

@@ -1,0 +1,18 @@
+"""Alembic environment: migrates the engine handed over in `config.attributes`."""
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from storage.models import SQLModel
+
+config = context.config
+engine = config.attributes.get("engine") or create_engine(config.get_main_option("sqlalchemy.url"))
+
+with engine.begin() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=SQLModel.metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    context.run_migrations()

@@ -1,0 +1,96 @@
+"""Transactions that append events: commit first, publish second."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
+
+from storage.events import LIVE_ONLY
+from storage.fanout import Fanout
+from storage.models import Event, Run, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def event_payload(event: Event) -> dict[str, Any]:
+    """An event as JSON data, the same shape live and replayed."""
+    return {
+        "run_id": event.run_id,
+        "seq": event.seq,
+        "type": event.type,
+        "step": event.step,
+        "data": event.data,
+        "at": event.created_at.isoformat(),
+    }
+
+
+@dataclass
+class Tx:
+    """One database transaction; events emitted in it are published after it commits."""
+
+    db: Session
+    outbox: list[Event] = field(default_factory=list)
+
+    def emit(self, run_id: str, type: str, data: dict[str, Any], step: int | None = None) -> Event:
+        """Append an event with the run's next sequence number.
+
+        The counter lives on the run row, so concurrent steps of one run queue up
+        on its row lock and numbers stay 1, 2, 3… without gaps (a rollback undoes
+        the increment with the event).
+        """
+        assert type not in LIVE_ONLY, f"{type} is published live, never stored"
+        seq = self.db.execute(
+            update(Run)
+            .where(col(Run.id) == run_id)
+            .values(last_seq=col(Run.last_seq) + 1)
+            .returning(col(Run.last_seq))
+        ).scalar_one()
+        event = Event(run_id=run_id, seq=seq, type=type, step=step, data=data, created_at=utcnow())
+        self.db.add(event)
+        self.outbox.append(event)
+        return event
+
+
+class Store:
+    """The database and the fan-out together."""
+
+    def __init__(self, engine: Engine, fanout: Fanout) -> None:
+        self.engine = engine
+        self.fanout = fanout
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """A transaction that commits on success and then publishes its events."""
+        with Session(self.engine, expire_on_commit=False) as db:
+            tx = Tx(db)
+            yield tx
+            db.commit()
+        for event in tx.outbox:
+            self.fanout.publish(event.run_id, event_payload(event))
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for reads only."""
+        with Session(self.engine, expire_on_commit=False) as db:
+            yield db
+
+    def publish_live(self, run_id: str, type: str, data: dict[str, Any], step: int) -> None:
+        """Publish an event that is not stored (a token delta)."""
+        payload = {"run_id": run_id, "seq": None, "type": type, "step": step, "data": data}
+        self.fanout.publish(run_id, payload)
+
+    def events_after(self, run_id: str, after: int) -> list[dict[str, Any]]:
+        """The run's committed events with `seq > after`, in order."""
+        with self.reading() as db:
+            rows = db.exec(
+                select(Event)
+                .where(Event.run_id == run_id, Event.seq > after)
+                .order_by(col(Event.seq))
+            ).all()
+            return [event_payload(e) for e in rows]

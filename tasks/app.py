@@ -1,0 +1,195 @@
+"""The Celery app and the step tasks: thin shells around `tasks.steps`.
+
+Task names are a public contract. Arguments are ids only (a run id and a step
+number), so a broker message never carries a prompt, an output or a key.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+from celery import Celery, Task, chain, chord
+from celery.canvas import Signature
+from celery.signals import worker_process_init
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from providers.errors import Retryable
+from tasks import runs, steps
+from tasks.errors import UserError
+from tasks.runtime import Runtime, current_runtime, forget_runtimes
+
+log = logging.getLogger(__name__)
+
+app = Celery("stepwise")
+app.config_from_object("celeryconfig")
+
+MAX_RETRIES = 8
+_DATABASE_DOWN = (OperationalError, InterfaceError)
+
+
+@worker_process_init.connect
+def _fresh_process(**_: Any) -> None:
+    forget_runtimes()
+
+
+def backoff(retries: int) -> float:
+    """Exponential backoff with full jitter, capped at a minute."""
+    return float(random.uniform(0, min(60.0, 2.0 ** (retries + 1))))
+
+
+def _where(task: Task) -> steps.Where:
+    delivery = task.request.delivery_info or {}
+    return steps.Where(task_id=task.request.id, queue=delivery.get("routing_key"))
+
+
+def _retry(task: Task, countdown: float, error: Exception) -> None:
+    if task.request.is_eager:
+        # apply() retries at once, ignoring countdown: wait here instead.
+        time.sleep(min(countdown, 60.0))
+    raise task.retry(exc=error, countdown=countdown, max_retries=MAX_RETRIES)
+
+
+def _give_up(rt: Runtime, run_id: str, number: int | None, what: str, error: Exception) -> None:
+    try:
+        steps.fail_run(rt, run_id, f"{what}: {type(error).__name__}: {error}", number)
+    except Exception:
+        log.exception("could not record the failure of run %s", run_id)
+
+
+@app.task(name="stepwise.start_run", bind=True, acks_late=True)
+def start_run(
+    self: Task,
+    run_id: str | None = None,
+    agent: Any = None,
+    input: Any = None,
+    thread: Any = None,
+    idempotency_key: Any = None,
+    metadata: Any = None,
+    **unexpected: Any,
+) -> str:
+    """Record the run if the message describes a new one, then start its loop."""
+    rt = current_runtime()
+    try:
+        if agent is not None or input is not None or unexpected:
+            run_id = _accept(
+                rt, run_id, agent, input, thread, idempotency_key, metadata, unexpected
+            )
+        if run_id is None:
+            raise UserError("stepwise.start_run needs a run_id, or an agent and an input")
+        dispatch(rt, run_id, steps.start(rt, run_id))
+    except _DATABASE_DOWN as error:
+        _retry(self, backoff(self.request.retries), error)
+    return run_id
+
+
+def _accept(
+    rt: Runtime,
+    run_id: Any,
+    agent: Any,
+    input: Any,
+    thread: Any,
+    idempotency_key: Any,
+    metadata: Any,
+    unexpected: dict[str, Any],
+) -> str:
+    """Validate and record a run sent by name from another application.
+
+    A bad message raises `UserError` and writes nothing: the task fails with the
+    reason, visible in Flower and to the caller's AsyncResult.
+    """
+    if unexpected:
+        raise UserError(f"stepwise.start_run got unexpected arguments: {sorted(unexpected)}")
+    new = runs.validate(
+        rt.agents,
+        agent=agent,
+        input=input,
+        run_id=run_id,
+        thread=thread,
+        idempotency_key=idempotency_key,
+        metadata=metadata,
+        max_input_chars=rt.settings.max_input_chars,
+    )
+    with rt.store.transaction() as tx:
+        recorded, _ = runs.record(tx, new)
+    return recorded
+
+
+@app.task(name="stepwise.model_step", bind=True, acks_late=True, ignore_result=True)
+def model_step(self: Task, run_id: str, number: int) -> None:
+    """Call the model for step `number` of the run."""
+    rt = current_runtime()
+    try:
+        after = steps.model_step(rt, run_id, number, _where(self))
+    except Retryable as error:
+        if self.request.retries >= MAX_RETRIES:
+            _give_up(rt, run_id, number, f"model step {number} gave up after retries", error)
+            return
+        countdown = (
+            error.retry_after if error.retry_after is not None else backoff(self.request.retries)
+        )
+        steps.note_retry(rt, run_id, number, error, countdown, self.request.retries + 1)
+        _retry(self, countdown, error)
+        return
+    except _DATABASE_DOWN as error:
+        _retry(self, backoff(self.request.retries), error)
+        return
+    except Exception as error:
+        _give_up(rt, run_id, number, f"model step {number} crashed", error)
+        raise
+    dispatch(rt, run_id, after)
+
+
+@app.task(name="stepwise.tool_step", bind=True, acks_late=True)
+def tool_step(self: Task, run_id: str, number: int) -> int:
+    """Run the tool call recorded as step `number` of the run."""
+    rt = current_runtime()
+    try:
+        steps.tool_step(rt, run_id, number, _where(self))
+    except _DATABASE_DOWN as error:
+        _retry(self, backoff(self.request.retries), error)
+    except Exception as error:
+        _give_up(rt, run_id, number, f"tool step {number} crashed", error)
+        raise
+    return number
+
+
+@app.task(name="stepwise.finish_run", bind=True, acks_late=True, ignore_result=True)
+def finish_run(self: Task, run_id: str) -> None:
+    """Mark the run succeeded with the model's final answer."""
+    rt = current_runtime()
+    try:
+        steps.finish_run(rt, run_id)
+    except _DATABASE_DOWN as error:
+        _retry(self, backoff(self.request.retries), error)
+
+
+def canvas(run_id: str, after: steps.Next) -> Signature | None:
+    """The canvas for what follows a step: a chord of parallel tool steps, a chain, or one task."""
+    then: Signature | None = None
+    if after.model is not None:
+        then = model_step.si(run_id, after.model)
+    elif after.finish:
+        then = finish_run.si(run_id)
+    tools = [
+        tool_step.si(run_id, number).set(queue=queue) if queue else tool_step.si(run_id, number)
+        for number, queue in after.tools
+    ]
+    if len(tools) > 1 and then is not None:
+        return chord(tools, then)
+    if len(tools) == 1 and then is not None:
+        return chain(tools[0], then)
+    return then
+
+
+def dispatch(rt: Runtime, run_id: str, after: steps.Next) -> None:
+    """Send what follows to the workers, or run it here in the embedded default."""
+    signature = canvas(run_id, after)
+    if signature is None:
+        return
+    if rt.settings.embedded:
+        signature.apply()
+    else:
+        signature.apply_async()

@@ -1,0 +1,236 @@
+"""The Python client: start runs, read them, wait for them, follow them, cancel them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import col, select
+
+from providers.types import Usage, usage_from_json
+from storage import Run, Step
+from storage.events import TERMINAL_EVENTS
+from tasks import runs
+from tasks.app import start_run as start_run_task
+from tasks.errors import RunNotFound, WaitTimeout
+from tasks.runtime import Runtime, current_runtime
+
+# How long a follower listens before it also asks the database (a missed publish).
+_POLL = 0.5
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run as a caller sees it."""
+
+    id: str
+    agent: str
+    status: str
+    input: str
+    result: str | None
+    error: str | None
+    thread: str
+    metadata: dict[str, Any]
+    usage: Usage
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def done(self) -> bool:
+        """True once the run's status can no longer change."""
+        return self.status in ("succeeded", "failed", "cancelled", "timed_out")
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as JSON data."""
+        data = asdict(self)
+        for key in ("created_at", "started_at", "finished_at"):
+            data[key] = data[key].isoformat() if data[key] else None
+        return data
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One step of a run as a caller sees it."""
+
+    number: int
+    kind: str
+    status: str
+    tool_name: str | None
+    arguments: str | None
+    output: dict[str, Any] | None
+    usage: Usage | None
+    error: str | None
+    attempts: int
+    queue: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def start_run(
+    agent: str,
+    input: str,
+    *,
+    thread: str | None = None,
+    idempotency_key: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    run_id: str | None = None,
+) -> str:
+    """Record a run and enqueue it; returns its id at once.
+
+    The same `idempotency_key` (or `run_id`) twice returns the first run's id and
+    starts nothing new. In the embedded default the run executes in a thread of
+    this process, which stays alive until the run ends.
+    """
+    rt = current_runtime()
+    new = runs.validate(
+        rt.agents,
+        agent=agent,
+        input=input,
+        run_id=run_id,
+        thread=thread,
+        idempotency_key=idempotency_key,
+        metadata=metadata,
+        max_input_chars=rt.settings.max_input_chars,
+    )
+    with rt.store.transaction() as tx:
+        recorded, created = runs.record(tx, new)
+    if created:
+        _enqueue(rt, recorded)
+    return recorded
+
+
+def _enqueue(rt: Runtime, run_id: str) -> None:
+    if rt.settings.embedded:
+        worker = threading.Thread(
+            target=start_run_task.apply, kwargs={"kwargs": {"run_id": run_id}}, name=f"run-{run_id}"
+        )
+        worker.start()
+        return
+    try:
+        start_run_task.apply_async(kwargs={"run_id": run_id})
+    except Exception as error:
+        with rt.store.transaction() as tx:
+            run = runs.locked_run(tx.db, run_id)
+            runs.finish(tx, run, "failed", reason=f"could not enqueue the run: {error}")
+        raise
+
+
+def get_run(run_id: str) -> RunInfo:
+    """The run's current state; `RunNotFound` if there is no such run."""
+    with current_runtime().store.reading() as db:
+        run = db.get(Run, run_id)
+        if run is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return _info(run)
+
+
+def get_steps(run_id: str) -> list[StepInfo]:
+    """The run's steps, in order."""
+    get_run(run_id)
+    with current_runtime().store.reading() as db:
+        rows = db.exec(select(Step).where(Step.run_id == run_id).order_by(col(Step.number)))
+        return [
+            StepInfo(
+                s.number,
+                s.kind,
+                s.status,
+                s.tool_name,
+                s.arguments,
+                s.output,
+                usage_from_json(s.usage) if s.usage is not None else None,
+                s.error,
+                s.attempts,
+                s.queue,
+                s.started_at,
+                s.finished_at,
+            )
+            for s in rows
+        ]
+
+
+def _info(run: Run) -> RunInfo:
+    return RunInfo(
+        id=run.id,
+        agent=run.agent,
+        status=run.status,
+        input=run.input,
+        result=run.result,
+        error=run.error,
+        thread=run.thread_id,
+        metadata=run.meta,
+        usage=usage_from_json(run.usage),
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+    )
+
+
+def follow(
+    run_id: str, after: int = 0, *, timeout: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """The run's events with `seq > after`: replayed from the database, then live.
+
+    Each stored event comes exactly once and in order; live-only `model.delta`
+    events (with `seq` None) come as they are published. The iterator ends after
+    the terminal event, or raises `WaitTimeout` after `timeout` seconds.
+    """
+    rt = current_runtime()
+    get_run(run_id)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = after
+    with rt.store.fanout.subscribe(run_id) as live:
+        while True:
+            for event in rt.store.events_after(run_id, last):
+                yield event
+                last = event["seq"]
+                if event["type"] in TERMINAL_EVENTS:
+                    return
+            while True:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise WaitTimeout(f"run {run_id} did not end within {timeout} s")
+                message = live.get(timeout=_POLL)
+                if message is None:
+                    break  # quiet: look in the database in case a publish was missed
+                if message["seq"] is None:
+                    yield message
+                    continue
+                if message["seq"] <= last:
+                    continue
+                if message["seq"] > last + 1:
+                    break  # a hole: fill it from the database
+                yield message
+                last = message["seq"]
+                if message["type"] in TERMINAL_EVENTS:
+                    return
+
+
+def wait(run_id: str, timeout: float | None = None) -> RunInfo:
+    """Block until the run ends and return it; `WaitTimeout` after `timeout` seconds."""
+    for _ in follow(run_id, after=_last_seq(run_id), timeout=timeout):
+        pass
+    return get_run(run_id)
+
+
+def _last_seq(run_id: str) -> int:
+    """Start waiting just before the terminal event, if the run has one already."""
+    with current_runtime().store.reading() as db:
+        run = db.get(Run, run_id)
+        if run is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return (
+            run.last_seq - 1
+            if run.status in ("succeeded", "failed", "cancelled", "timed_out")
+            else run.last_seq
+        )
+
+
+def cancel(run_id: str) -> RunInfo:
+    """Cancel the run: at once when queued, at its next step boundary when running."""
+    with current_runtime().store.transaction() as tx:
+        runs.cancel(tx, run_id)
+    return get_run(run_id)

@@ -1,0 +1,62 @@
+"""Every error Stepwise raises on purpose, classified by what the caller should do.
+
+StepwiseError                     (providers.errors) the root
+├── ProviderError                 a model call failed (providers.errors)
+│   ├── Retryable                 retry later; carries the server's retry_after
+│   └── Fatal                     give up; the run fails with the message
+│       └── ContextLengthExceeded
+├── UserError                     the caller passed something wrong; nothing was written
+│   ├── UnknownAgent
+│   ├── InvalidInput
+│   └── RunNotFound
+├── ConfigError                   fix your code: a misconfigured agent, tool or setting
+└── WaitTimeout                   `wait()` gave up before the run ended (also a TimeoutError)
+"""
+
+from __future__ import annotations
+
+from providers.errors import (
+    ContextLengthExceeded,
+    Fatal,
+    ProviderError,
+    Retryable,
+    StepwiseError,
+)
+
+__all__ = [
+    "ConfigError",
+    "ContextLengthExceeded",
+    "Fatal",
+    "InvalidInput",
+    "ProviderError",
+    "Retryable",
+    "RunNotFound",
+    "StepwiseError",
+    "UnknownAgent",
+    "UserError",
+    "WaitTimeout",
+]
+
+
+class UserError(StepwiseError):
+    """The caller passed something wrong; nothing was written."""
+
+
+class UnknownAgent(UserError):
+    """No agent is registered under that name."""
+
+
+class InvalidInput(UserError):
+    """The input, thread, idempotency key or metadata is not acceptable."""
+
+
+class RunNotFound(UserError):
+    """No run has that id."""
+
+
+class ConfigError(StepwiseError):
+    """An agent, a tool or a setting is misconfigured."""
+
+
+class WaitTimeout(StepwiseError, TimeoutError):
+    """The run did not end within the time `wait()` was given."""

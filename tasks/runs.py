@@ -1,0 +1,170 @@
+"""Recording runs, ending them, cancelling them: the transitions of a run's status."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from storage import TERMINAL, Run, Thread, Tx
+from storage.events import EVENT_FOR_STATUS, RUN_CANCEL_REQUESTED, RUN_QUEUED
+from storage.models import utcnow
+from tasks.agents import Agents
+from tasks.errors import InvalidInput, RunNotFound
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A validated request to start a run."""
+
+    run_id: str
+    agent: str
+    input: str
+    thread: str | None
+    idempotency_key: str | None
+    metadata: dict[str, Any]
+
+
+def validate(
+    agents: Agents,
+    *,
+    agent: Any,
+    input: Any,
+    run_id: Any = None,
+    thread: Any = None,
+    idempotency_key: Any = None,
+    metadata: Any = None,
+    max_input_chars: int,
+) -> NewRun:
+    """Check a start request; raise a `UserError` that says what is wrong."""
+    if not isinstance(agent, str) or not agent:
+        raise InvalidInput("agent must be a non-empty string naming an agent")
+    agents.get(agent)
+    if not isinstance(input, str) or not input.strip():
+        raise InvalidInput("input must be a non-empty string")
+    if len(input) > max_input_chars:
+        raise InvalidInput(
+            f"input is {len(input)} characters; the limit is {max_input_chars} "
+            "(STEPWISE_MAX_INPUT_CHARS)"
+        )
+    if "\x00" in input:
+        raise InvalidInput("input must not contain NUL characters")
+    if run_id is None:
+        run_id = str(uuid.uuid4())
+    elif not isinstance(run_id, str) or not _is_uuid(run_id):
+        raise InvalidInput(f"run_id must be a UUID string, got {run_id!r:.80}")
+    for name, value in (("thread", thread), ("idempotency_key", idempotency_key)):
+        if value is not None and (
+            not isinstance(value, str) or not 0 < len(value) <= 200 or "\x00" in value
+        ):
+            raise InvalidInput(f"{name} must be a string of 1 to 200 characters")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        raise InvalidInput("metadata must be a JSON object with string keys")
+    return NewRun(str(uuid.UUID(run_id)), agent, input, thread, idempotency_key, metadata)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def record(tx: Tx, new: NewRun) -> tuple[str, bool]:
+    """Insert the run as `queued` (and its thread); `(run id, created)`.
+
+    An existing run with the same id or idempotency key is returned instead, so
+    a retried request never starts a second run.
+    """
+    existing = _existing(tx.db, new)
+    if existing is not None:
+        return existing, False
+    thread_id = new.thread or new.run_id
+    try:
+        with tx.db.begin_nested():
+            if tx.db.get(Thread, thread_id) is None:
+                tx.db.add(Thread(id=thread_id))
+                tx.db.flush()
+            tx.db.add(
+                Run(
+                    id=new.run_id,
+                    agent=new.agent,
+                    input=new.input,
+                    thread_id=thread_id,
+                    idempotency_key=new.idempotency_key,
+                    meta=new.metadata,
+                )
+            )
+            tx.db.flush()
+    except IntegrityError:
+        existing = _existing(tx.db, new)
+        if existing is None:
+            raise
+        return existing, False
+    tx.emit(new.run_id, RUN_QUEUED, {"agent": new.agent, "thread": thread_id})
+    return new.run_id, True
+
+
+def _existing(db: Session, new: NewRun) -> str | None:
+    if db.get(Run, new.run_id) is not None:
+        return new.run_id
+    if new.idempotency_key is not None:
+        run = db.exec(select(Run).where(Run.idempotency_key == new.idempotency_key)).first()
+        if run is not None:
+            return run.id
+    return None
+
+
+def locked_run(db: Session, run_id: str) -> Run:
+    """The run, with its row locked for this transaction; `RunNotFound` if there is none."""
+    run = db.exec(select(Run).where(Run.id == run_id).with_for_update()).first()
+    if run is None:
+        raise RunNotFound(f"no run with id {run_id!r}")
+    return run
+
+
+def finish(
+    tx: Tx,
+    run: Run,
+    status: str,
+    *,
+    reason: str | None = None,
+    result: str | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Move a (locked) run to a terminal status, once; False if it had already ended."""
+    if run.status in TERMINAL:
+        return False
+    run.status = status
+    run.result = result
+    run.error = reason
+    run.finished_at = now or utcnow()
+    tx.db.add(run)
+    data: dict[str, Any] = {"status": status, "usage": run.usage}
+    if reason is not None:
+        data["reason"] = reason
+    if result is not None:
+        data["result"] = result
+    tx.emit(run.id, EVENT_FOR_STATUS[status], data)
+    return True
+
+
+def cancel(tx: Tx, run_id: str) -> str:
+    """Cancel a run: at once if it is queued, at the next step boundary if it runs."""
+    run = locked_run(tx.db, run_id)
+    if run.status in TERMINAL or run.cancel_requested:
+        return run.status
+    if run.status == "queued":
+        finish(tx, run, "cancelled", reason="cancelled before it started")
+        return run.status
+    run.cancel_requested = True
+    tx.db.add(run)
+    tx.emit(run.id, RUN_CANCEL_REQUESTED, {})
+    return run.status

@@ -1,0 +1,40 @@
+"""The one settings object: everything Stepwise reads from the environment, outside Celery."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where state lives and how work is executed; see DESIGN.md's environment table."""
+
+    database_url: str = "sqlite:///stepwise.db"
+    redis_url: str | None = None
+    broker_url: str | None = None
+    agents_modules: tuple[str, ...] = ()
+    max_input_chars: int = 100_000
+    openai_key_set: bool = False
+    anthropic_key_set: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from environment variables, with the embedded defaults."""
+        env = os.environ if env is None else env
+        modules = env.get("STEPWISE_AGENTS", "")
+        return cls(
+            database_url=env.get("STEPWISE_DATABASE_URL") or cls.database_url,
+            redis_url=env.get("STEPWISE_REDIS_URL") or None,
+            broker_url=env.get("CELERY_BROKER_URL") or None,
+            agents_modules=tuple(m.strip() for m in modules.split(",") if m.strip()),
+            max_input_chars=int(env.get("STEPWISE_MAX_INPUT_CHARS") or cls.max_input_chars),
+            openai_key_set=bool(env.get("OPENAI_API_KEY")),
+            anthropic_key_set=bool(env.get("ANTHROPIC_API_KEY")),
+        )
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: steps run in this process."""
+        return self.broker_url is None
