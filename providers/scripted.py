@@ -33,7 +33,7 @@ from providers.types import (
 
 STAND_IN_NOTICE = "scripted model: an offline stand-in, not a real LLM"
 
-_EXPRESSION = re.compile(r"\d+(?:\.\d+)?(?:\s*[-+*/]\s*\(?\s*\d+(?:\.\d+)?\s*\)?)+")
+_EXPRESSION = re.compile(r"\d+(?:\.\d+)?(?:\s*(?:\*\*|[-+*/])\s*\(?\s*\d+(?:\.\d+)?\s*\)?)+")
 _ABOUT_TIME = re.compile(r"\b(time|clock|date)\b", re.IGNORECASE)
 
 

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from storage.events import LIVE_ONLY
 from storage.fanout import Fanout
-from storage.models import Event, Run, utcnow
+from storage.models import Event, Run, aware, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def event_payload(event: Event) -> dict[str, Any]:
         "type": event.type,
         "step": event.step,
         "data": event.data,
-        "at": event.created_at.isoformat(),
+        "at": aware(event.created_at).isoformat(),
     }
 
 
