@@ -20,6 +20,7 @@ from typing import Any
 from providers.errors import Fatal
 from providers.types import (
     Delta,
+    FinishReason,
     Message,
     ModelRequest,
     ModelResponse,
@@ -56,7 +57,7 @@ class ScriptedProvider:
         if on_delta is not None:
             for word in re.findall(r"\S+\s*", message.joined_text):
                 on_delta(Delta("text", word))
-        finish = "tool_calls" if message.tool_calls else "stop"
+        finish: FinishReason = "tool_calls" if message.tool_calls else "stop"
         return ModelResponse(message, finish, _usage(request, message), request.model)
 
 

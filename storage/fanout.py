@@ -93,7 +93,7 @@ class RedisFanout:
 
     @contextmanager
     def subscribe(self, run_id: str) -> Iterator[_RedisSubscription]:
-        pubsub = self._client.pubsub()
+        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(run_channel(run_id))
             # Wait for the server's confirmation: only then can nothing published be missed.

@@ -67,7 +67,9 @@ class Agents:
             try:
                 module = importlib.import_module(module_name)
             except ImportError as error:
-                raise ConfigError(f"STEPWISE_AGENTS: cannot import {module_name!r}: {error}")
+                raise ConfigError(
+                    f"STEPWISE_AGENTS: cannot import {module_name!r}: {error}"
+                ) from error
             found.extend(v for v in vars(module).values() if isinstance(v, Agent))
         return cls(found)
 

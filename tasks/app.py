@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Celery, Task, chain, chord
 from celery.canvas import Signature
@@ -45,7 +45,7 @@ def _where(task: Task) -> steps.Where:
     return steps.Where(task_id=task.request.id, queue=delivery.get("routing_key"))
 
 
-def _retry(task: Task, countdown: float, error: Exception) -> None:
+def _retry(task: Task, countdown: float, error: Exception) -> NoReturn:
     if task.request.is_eager:
         # apply() retries at once, ignoring countdown: wait here instead.
         time.sleep(min(countdown, 60.0))
@@ -77,12 +77,12 @@ def start_run(
             run_id = _accept(
                 rt, run_id, agent, input, thread, idempotency_key, metadata, unexpected
             )
-        if run_id is None:
+        if not isinstance(run_id, str):
             raise UserError("stepwise.start_run needs a run_id, or an agent and an input")
         dispatch(rt, run_id, steps.start(rt, run_id))
+        return run_id
     except _DATABASE_DOWN as error:
         _retry(self, backoff(self.request.retries), error)
-    return run_id
 
 
 def _accept(
@@ -132,10 +132,8 @@ def model_step(self: Task, run_id: str, number: int) -> None:
         )
         steps.note_retry(rt, run_id, number, error, countdown, self.request.retries + 1)
         _retry(self, countdown, error)
-        return
     except _DATABASE_DOWN as error:
         _retry(self, backoff(self.request.retries), error)
-        return
     except Exception as error:
         _give_up(rt, run_id, number, f"model step {number} crashed", error)
         raise

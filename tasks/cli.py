@@ -74,7 +74,9 @@ def run(
     agent: Annotated[str, typer.Argument(help="The agent's name (see `stepwise agents`).")],
     input: Annotated[str, typer.Argument(help="What to ask the agent.")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Show live progress.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the finished run as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the finished run as JSON.")
+    ] = False,
     thread: Annotated[str | None, typer.Option(help="Continue this conversation.")] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Starting twice with one key starts one run.")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import operator
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from providers.registry import known
@@ -12,7 +14,7 @@ from tasks.agents import Agent
 from tasks.settings import Settings
 from tasks.tools import tool
 
-_OPERATORS = {
+_OPERATORS: dict[type[ast.AST], Callable[..., Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
@@ -35,14 +37,17 @@ def calculate(expression: str) -> str:
 
 
 def _evaluate(node: ast.AST) -> float:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value  # type: ignore[no-any-return]
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        if isinstance(node.value, bool):
+            raise ValueError("not plain arithmetic: a boolean")
+        return node.value
     if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        if isinstance(node.op, ast.Pow) and abs(_evaluate(node.right)) > 100:
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) > 100:
             raise ValueError("exponent too large")
-        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))  # type: ignore[operator]
+        return float(_OPERATORS[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
-        return _OPERATORS[type(node.op)](_evaluate(node.operand))  # type: ignore[operator]
+        return float(_OPERATORS[type(node.op)](_evaluate(node.operand)))
     raise ValueError(f"not plain arithmetic: {ast.unparse(node)}")
 
 

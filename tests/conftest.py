@@ -58,7 +58,9 @@ def services() -> None:
         if not _reachable("127.0.0.1", port)
     ]
     if missing:
-        message = f"{' and '.join(missing)} not reachable on 127.0.0.1 (scripts/services starts them)"
+        message = (
+            f"{' and '.join(missing)} not reachable on 127.0.0.1 (scripts/services starts them)"
+        )
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
@@ -147,9 +149,7 @@ class Worker:
 
 
 @pytest.fixture
-def worker(
-    distributed: dict[str, str], tmp_path: Path
-) -> Iterator[Callable[..., Worker]]:
+def worker(distributed: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     """Starts real worker processes on the test broker and database; stops them after."""
     started: list[Worker] = []
 

@@ -2,11 +2,14 @@
 
 from alembic import context
 from sqlalchemy import create_engine
+from sqlmodel import SQLModel
 
-from storage.models import SQLModel
+import storage.models  # noqa: F401  (registers the tables)
 
 config = context.config
-engine = config.attributes.get("engine") or create_engine(config.get_main_option("sqlalchemy.url"))
+engine = config.attributes.get("engine") or create_engine(
+    str(config.get_main_option("sqlalchemy.url"))
+)
 
 with engine.begin() as connection:
     context.configure(

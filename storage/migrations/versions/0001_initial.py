@@ -6,7 +6,6 @@ Revises: none
 
 from alembic import op
 import sqlalchemy as sa
-import sqlmodel
 from sqlalchemy.dialects import postgresql
 
 revision = '0001'
@@ -17,17 +16,17 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table('stepwise_threads',
-    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('id', sa.String(length=200), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_table('stepwise_runs',
-    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
-    sa.Column('agent', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('id', sa.String(length=36), nullable=False),
+    sa.Column('agent', sa.String(length=200), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('input', sa.Text(), nullable=False),
-    sa.Column('thread_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-    sa.Column('idempotency_key', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+    sa.Column('thread_id', sa.String(length=200), nullable=False),
+    sa.Column('idempotency_key', sa.String(length=200), nullable=True),
     sa.Column('metadata', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('result', sa.Text(), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
@@ -48,9 +47,9 @@ def upgrade() -> None:
 
     op.create_table('stepwise_events',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('run_id', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
+    sa.Column('run_id', sa.String(length=36), nullable=False),
     sa.Column('seq', sa.Integer(), nullable=False),
-    sa.Column('type', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('type', sa.String(length=64), nullable=False),
     sa.Column('step', sa.Integer(), nullable=True),
     sa.Column('data', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
@@ -63,10 +62,10 @@ def upgrade() -> None:
 
     op.create_table('stepwise_messages',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('thread_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('thread_id', sa.String(length=200), nullable=False),
     sa.Column('position', sa.Integer(), nullable=False),
-    sa.Column('run_id', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
-    sa.Column('role', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('run_id', sa.String(length=36), nullable=False),
+    sa.Column('role', sa.String(length=16), nullable=False),
     sa.Column('parts', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['run_id'], ['stepwise_runs.id'], ),
@@ -79,19 +78,19 @@ def upgrade() -> None:
 
     op.create_table('stepwise_steps',
     sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('run_id', sqlmodel.sql.sqltypes.AutoString(length=36), nullable=False),
+    sa.Column('run_id', sa.String(length=36), nullable=False),
     sa.Column('number', sa.Integer(), nullable=False),
-    sa.Column('kind', sqlmodel.sql.sqltypes.AutoString(length=8), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('call_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
-    sa.Column('tool_name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+    sa.Column('kind', sa.String(length=8), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('call_id', sa.String(length=200), nullable=True),
+    sa.Column('tool_name', sa.String(length=200), nullable=True),
     sa.Column('arguments', sa.Text(), nullable=True),
     sa.Column('output', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('usage', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('queue', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
-    sa.Column('task_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+    sa.Column('queue', sa.String(length=200), nullable=True),
+    sa.Column('task_id', sa.String(length=200), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
