@@ -88,12 +88,15 @@ def _results_since_user(messages: tuple[Message, ...]) -> list[ToolResult]:
 def _demo_turn(messages: tuple[Message, ...], turn: int) -> Message:
     question = _latest_user_text(messages)
     if turn == 0:
+        # Ids unique within the thread, as a real provider's are: `call_<message>_<index>`.
         calls: list[Part] = [
-            ToolCall(f"call_{i}", "calculate", json.dumps({"expression": expr.strip()}))
-            for i, expr in enumerate(_EXPRESSION.findall(question))
+            ToolCall(
+                f"call_{len(messages)}_{i}", "calculate", json.dumps({"expression": e.strip()})
+            )
+            for i, e in enumerate(_EXPRESSION.findall(question))
         ]
         if _ABOUT_TIME.search(question):
-            calls.append(ToolCall(f"call_{len(calls)}", "current_time", json.dumps({})))
+            calls.append(ToolCall(f"call_{len(messages)}_{len(calls)}", "current_time", "{}"))
         if calls:
             return Message("assistant", tuple(calls))
         return Message.text(
@@ -114,7 +117,7 @@ def _demo_turn(messages: tuple[Message, ...], turn: int) -> Message:
 
 
 def _expression_of(messages: tuple[Message, ...], call_id: str) -> str:
-    for message in messages:
+    for message in reversed(messages):
         for call in message.tool_calls:
             if call.id == call_id:
                 return str(json.loads(call.arguments).get("expression", "?"))
@@ -138,7 +141,9 @@ def _script_turn(request: ModelRequest, name: str, turn: int) -> Message:
     for i, call in enumerate(entry.get("tool_calls", [])):
         arguments = call.get("arguments", {})
         raw = arguments if isinstance(arguments, str) else json.dumps(arguments)
-        parts.append(ToolCall(call.get("id", f"call_{turn}_{i}"), call["name"], raw))
+        parts.append(
+            ToolCall(call.get("id", f"call_{len(request.messages)}_{i}"), call["name"], raw)
+        )
     return Message("assistant", tuple(parts))
 
 

@@ -148,7 +148,8 @@ def show(
             typer.echo(f"result\n{info.result}")
         if info.error is not None:
             typer.echo(f"error    {info.error}")
-    _exit_for(info.status) if info.done else None
+    if info.done:
+        _exit_for(info.status)
 
 
 @cli.command("follow")

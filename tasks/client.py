@@ -12,7 +12,7 @@ from typing import Any
 from sqlmodel import col, select
 
 from providers.types import Usage, usage_from_json
-from storage import Run, Step
+from storage import TERMINAL, Run, Step
 from storage.events import TERMINAL_EVENTS
 from tasks import runs
 from tasks.app import start_run as start_run_task
@@ -43,7 +43,7 @@ class RunInfo:
     @property
     def done(self) -> bool:
         """True once the run's status can no longer change."""
-        return self.status in ("succeeded", "failed", "cancelled", "timed_out")
+        return self.status in TERMINAL
 
     def to_json(self) -> dict[str, Any]:
         """The run as JSON data."""
@@ -190,6 +190,8 @@ def follow(
                 last = event["seq"]
                 if event["type"] in TERMINAL_EVENTS:
                     return
+            if _ended_at(rt, run_id) is not None:
+                return  # ended, and the caller has seen everything up to `after` already
             while True:
                 if deadline is not None and time.monotonic() > deadline:
                     raise WaitTimeout(f"run {run_id} did not end within {timeout} s")
@@ -209,24 +211,24 @@ def follow(
                     return
 
 
+def _ended_at(rt: Runtime, run_id: str) -> int | None:
+    """The run's last sequence number if it has ended, else None."""
+    with rt.store.reading() as db:
+        run = db.get(Run, run_id)
+        return run.last_seq if run is not None and run.status in TERMINAL else None
+
+
 def wait(run_id: str, timeout: float | None = None) -> RunInfo:
     """Block until the run ends and return it; `WaitTimeout` after `timeout` seconds."""
-    for _ in follow(run_id, after=_last_seq(run_id), timeout=timeout):
-        pass
-    return get_run(run_id)
-
-
-def _last_seq(run_id: str) -> int:
-    """Start waiting just before the terminal event, if the run has one already."""
-    with current_runtime().store.reading() as db:
+    rt = current_runtime()
+    with rt.store.reading() as db:
         run = db.get(Run, run_id)
         if run is None:
             raise RunNotFound(f"no run with id {run_id!r}")
-        return (
-            run.last_seq - 1
-            if run.status in ("succeeded", "failed", "cancelled", "timed_out")
-            else run.last_seq
-        )
+        seen = run.last_seq
+    for _ in follow(run_id, after=seen, timeout=timeout):
+        pass
+    return get_run(run_id)
 
 
 def cancel(run_id: str) -> RunInfo:

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from storage import TERMINAL, Run, Thread, Tx
 from storage.events import EVENT_FOR_STATUS, RUN_CANCEL_REQUESTED, RUN_QUEUED
@@ -87,6 +87,14 @@ def record(tx: Tx, new: NewRun) -> tuple[str, bool]:
     if existing is not None:
         return existing, False
     thread_id = new.thread or new.run_id
+    active = tx.db.exec(
+        select(Run.id).where(Run.thread_id == thread_id, col(Run.status).not_in(TERMINAL))
+    ).first()
+    if active is not None:
+        raise InvalidInput(
+            f"thread {thread_id!r} has a run in progress ({active}): "
+            "wait for it to end or cancel it first"
+        )
     try:
         with tx.db.begin_nested():
             if tx.db.get(Thread, thread_id) is None:
