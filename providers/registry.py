@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import threading
 
 from providers.base import Provider, split_model
 from providers.errors import Fatal
-from providers.scripted import ScriptedProvider
+
+# Prefix -> "module:Class". Each provider module imports its SDK, so it loads on first use.
+_PROVIDERS = {
+    "scripted": "providers.scripted:ScriptedProvider",
+    "openai": "providers.openai:OpenAIProvider",
+    "anthropic": "providers.anthropic:AnthropicProvider",
+}
 
 
 class Providers:
@@ -26,11 +34,24 @@ class Providers:
 
 
 def known() -> tuple[str, ...]:
-    """Provider prefixes this build can serve."""
-    return ("scripted",)
+    """Provider prefixes this installation can serve."""
+    return tuple(name for name, target in _PROVIDERS.items() if _importable(target))
+
+
+def _importable(target: str) -> bool:
+    module = target.partition(":")[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
 
 
 def _make(name: str) -> Provider:
-    if name == "scripted":
-        return ScriptedProvider()
-    raise Fatal(f"unknown provider {name!r}; this build knows: {', '.join(known())}", name)
+    target = _PROVIDERS.get(name)
+    if target is None or not _importable(target):
+        raise Fatal(
+            f"unknown provider {name!r}; this installation knows: {', '.join(known())}", name
+        )
+    module, _, cls = target.partition(":")
+    provider: Provider = getattr(importlib.import_module(module), cls)()
+    return provider
