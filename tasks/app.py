@@ -102,18 +102,15 @@ def _accept(
     """
     if unexpected:
         raise UserError(f"stepwise.start_run got unexpected arguments: {sorted(unexpected)}")
-    new = runs.validate(
-        rt.agents,
+    recorded, _ = runs.accept(
+        rt,
         agent=agent,
         input=input,
         run_id=run_id,
         thread=thread,
         idempotency_key=idempotency_key,
         metadata=metadata,
-        max_input_chars=rt.settings.max_input_chars,
     )
-    with rt.store.transaction() as tx:
-        recorded, _ = runs.record(tx, new)
     return recorded
 
 

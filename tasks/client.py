@@ -87,18 +87,15 @@ def start_run(
     this process, which stays alive until the run ends.
     """
     rt = current_runtime()
-    new = runs.validate(
-        rt.agents,
+    recorded, created = runs.accept(
+        rt,
         agent=agent,
         input=input,
         run_id=run_id,
         thread=thread,
         idempotency_key=idempotency_key,
         metadata=metadata,
-        max_input_chars=rt.settings.max_input_chars,
     )
-    with rt.store.transaction() as tx:
-        recorded, created = runs.record(tx, new)
     if created:
         _enqueue(rt, recorded)
     return recorded

@@ -15,6 +15,7 @@ from storage.events import EVENT_FOR_STATUS, RUN_CANCEL_REQUESTED, RUN_QUEUED
 from storage.models import utcnow
 from tasks.agents import Agents
 from tasks.errors import InvalidInput, RunNotFound
+from tasks.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,31 @@ def validate(
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
         raise InvalidInput("metadata must be a JSON object with string keys")
     return NewRun(str(uuid.UUID(run_id)), agent, input, thread, idempotency_key, metadata)
+
+
+def accept(
+    rt: Runtime,
+    *,
+    agent: Any,
+    input: Any,
+    run_id: Any = None,
+    thread: Any = None,
+    idempotency_key: Any = None,
+    metadata: Any = None,
+) -> tuple[str, bool]:
+    """Validate a start request and record it: `(run id, created)`; `UserError` if bad."""
+    new = validate(
+        rt.agents,
+        agent=agent,
+        input=input,
+        run_id=run_id,
+        thread=thread,
+        idempotency_key=idempotency_key,
+        metadata=metadata,
+        max_input_chars=rt.settings.max_input_chars,
+    )
+    with rt.store.transaction() as tx:
+        return record(tx, new)
 
 
 def _is_uuid(value: str) -> bool:
