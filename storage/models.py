@@ -90,6 +90,7 @@ class Step(SQLModel, table=True):
     usage: dict[str, int] | None = Field(default=None, sa_column=Column(JSONType))
     error: str | None = Field(default=None, sa_column=Column(Text))
     attempts: int = 0
+    lease_until: datetime | None = _when()
     queue: str | None = Field(default=None, max_length=200)
     task_id: str | None = Field(default=None, max_length=200)
     created_at: datetime = Field(

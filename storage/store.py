@@ -82,7 +82,14 @@ class Store:
 
     def publish_live(self, run_id: str, type: str, data: dict[str, Any], step: int) -> None:
         """Publish an event that is not stored (a token delta)."""
-        payload = {"run_id": run_id, "seq": None, "type": type, "step": step, "data": data}
+        payload = {
+            "run_id": run_id,
+            "seq": None,
+            "type": type,
+            "step": step,
+            "data": data,
+            "at": utcnow().isoformat(),
+        }
         self.fanout.publish(run_id, payload)
 
     def events_after(self, run_id: str, after: int) -> list[dict[str, Any]]:

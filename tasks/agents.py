@@ -19,7 +19,12 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
 @dataclass(frozen=True)
 class Agent:
-    """An agent definition. `max_steps` bounds model calls; `deadline` is seconds from start."""
+    """An agent definition.
+
+    `max_steps` bounds model calls; `deadline` is seconds from the run's start;
+    `step_timeout` is the longest one step may run before another copy of it may
+    take over (keep it below the broker's visibility timeout).
+    """
 
     name: str
     instructions: str
@@ -27,6 +32,7 @@ class Agent:
     tools: tuple[Tool, ...] = ()
     max_steps: int = 10
     deadline: float = 600.0
+    step_timeout: float = 300.0
     model_settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -42,8 +48,8 @@ class Agent:
             raise ConfigError(f"agent {self.name!r}: two tools share a name in {names}")
         if self.max_steps < 1:
             raise ConfigError(f"agent {self.name!r}: max_steps must be at least 1")
-        if self.deadline <= 0:
-            raise ConfigError(f"agent {self.name!r}: deadline must be positive seconds")
+        if self.deadline <= 0 or self.step_timeout <= 0:
+            raise ConfigError(f"agent {self.name!r}: deadline and step_timeout must be positive")
         object.__setattr__(self, "model_settings", MappingProxyType(dict(self.model_settings)))
 
     def tool(self, name: str) -> Tool | None:

@@ -45,11 +45,23 @@ def _where(task: Task) -> steps.Where:
     return steps.Where(task_id=task.request.id, queue=delivery.get("routing_key"))
 
 
-def _retry(task: Task, countdown: float, error: Exception) -> NoReturn:
+def _retry(
+    task: Task, countdown: float, error: Exception, max_retries: int | None = MAX_RETRIES
+) -> NoReturn:
     if task.request.is_eager:
         # apply() retries at once, ignoring countdown: wait here instead.
         time.sleep(min(countdown, 60.0))
-    raise task.retry(exc=error, countdown=countdown, max_retries=MAX_RETRIES)
+    raise task.retry(exc=error, countdown=countdown, max_retries=max_retries)
+
+
+def _send_next(task: Task, rt: Runtime, run_id: str, after: steps.Next) -> None:
+    """Dispatch what follows; if the broker refuses, retry the task, whose record
+    is already written, so the retry only dispatches again."""
+    try:
+        dispatch(rt, run_id, after)
+    except Exception as error:
+        log.warning("could not dispatch after run %s: %s", run_id, error)
+        _retry(task, backoff(task.request.retries), error)
 
 
 def _give_up(rt: Runtime, run_id: str, number: int | None, what: str, error: Exception) -> None:
@@ -79,7 +91,7 @@ def start_run(
             )
         if not isinstance(run_id, str):
             raise UserError("stepwise.start_run needs a run_id, or an agent and an input")
-        dispatch(rt, run_id, steps.start(rt, run_id))
+        _send_next(self, rt, run_id, steps.start(rt, run_id))
         return run_id
     except _DATABASE_DOWN as error:
         _retry(self, backoff(self.request.retries), error)
@@ -129,12 +141,14 @@ def model_step(self: Task, run_id: str, number: int) -> None:
         )
         steps.note_retry(rt, run_id, number, error, countdown, self.request.retries + 1)
         _retry(self, countdown, error)
+    except steps.NotReady as error:
+        _retry(self, 0.5, error, max_retries=None)
     except _DATABASE_DOWN as error:
         _retry(self, backoff(self.request.retries), error)
     except Exception as error:
         _give_up(rt, run_id, number, f"model step {number} crashed", error)
         raise
-    dispatch(rt, run_id, after)
+    _send_next(self, rt, run_id, after)
 
 
 @app.task(name="stepwise.tool_step", bind=True, acks_late=True)

@@ -187,8 +187,11 @@ def follow(
                 last = event["seq"]
                 if event["type"] in TERMINAL_EVENTS:
                     return
-            if _ended_at(rt, run_id) is not None:
-                return  # ended, and the caller has seen everything up to `after` already
+            ended = _ended_at(rt, run_id)
+            if ended is not None:
+                if last >= ended:
+                    return  # the caller had seen the end already (`after` past it)
+                continue  # it ended after the replay: read the rest from the database
             while True:
                 if deadline is not None and time.monotonic() > deadline:
                     raise WaitTimeout(f"run {run_id} did not end within {timeout} s")

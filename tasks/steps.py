@@ -47,7 +47,7 @@ from tasks.agents import Agent
 from tasks.errors import UnknownAgent
 from tasks.runs import finish, locked_run
 from tasks.runtime import Runtime
-from tasks.tools import ToolArgumentsError, ToolContext
+from tasks.tools import Tool, ToolArgumentsError, ToolContext
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ class Next:
 
 
 NOTHING = Next()
+
+
+class NotReady(Exception):
+    """The step cannot start yet; the task retries it shortly."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ def model_step(rt: Runtime, run_id: str, number: int, where: Where) -> Next:
         run = locked_run(tx.db, run_id)
         step = _step(tx.db, run_id, number)
         if step.status == "succeeded":
-            return _continuation(tx.db, run, step)
+            return _continuation(rt, tx.db, run, step)
         if _stopped(tx, run, step):
             return NOTHING
         try:
@@ -115,10 +119,12 @@ def model_step(rt: Runtime, run_id: str, number: int, where: Where) -> Next:
             _end_step(tx, step, "failed", error=str(error))
             finish(tx, run, "failed", reason=f"{error} (on this worker)")
             return NOTHING
-        _claim(step, where)
+        if not _add_tool_results(tx.db, run, number):
+            raise NotReady(f"run {run_id}: the tool round before step {number} is still running")
+        if not _claim(step, where, agent.step_timeout):
+            return NOTHING  # another copy of this step is running it
         tx.db.add(step)
         tx.emit(run_id, MODEL_STARTED, {"model": agent.model, "attempt": step.attempts}, number)
-        _add_tool_results(tx.db, run, number)
         request = ModelRequest(
             model=agent.model,
             instructions=agent.instructions,
@@ -150,7 +156,7 @@ def _record_response(
         run = locked_run(tx.db, run_id)
         step = _step(tx.db, run_id, number)
         if step.status == "succeeded":  # a duplicate delivery finished first
-            return _continuation(tx.db, run, step)
+            return _continuation(rt, tx.db, run, step)
         step.output = {
             "message": message_to_json(response.message),
             "finish_reason": response.finish_reason,
@@ -213,7 +219,10 @@ def tool_step(rt: Runtime, run_id: str, number: int, where: Where) -> None:
             return
         if _stopped(tx, run, step):
             return
-        _claim(step, where)
+        tool = _tool_of(rt, run.agent, step.tool_name or "")
+        lease = tool.timeout if tool and tool.timeout else _agent_step_timeout(rt, run.agent)
+        if not _claim(step, where, lease):
+            return  # another copy of this step is running it
         tx.db.add(step)
         tx.emit(
             run_id,
@@ -240,6 +249,20 @@ def tool_step(rt: Runtime, run_id: str, number: int, where: Where) -> None:
             tx.emit(run_id, TOOL_FAILED, {**data, "error": result.content}, number)
         else:
             tx.emit(run_id, TOOL_COMPLETED, {**data, "result": result.content}, number)
+
+
+def _tool_of(rt: Runtime, agent_name: str, name: str) -> Tool | None:
+    try:
+        return rt.agents.get(agent_name).tool(name)
+    except UnknownAgent:
+        return None
+
+
+def _agent_step_timeout(rt: Runtime, agent_name: str) -> float:
+    try:
+        return rt.agents.get(agent_name).step_timeout
+    except UnknownAgent:
+        return Agent.step_timeout
 
 
 def _run_tool(
@@ -316,15 +339,28 @@ def _step(db: Session, run_id: str, number: int) -> Step:
     return step
 
 
-def _claim(step: Step, where: Where) -> None:
+def _claim(step: Step, where: Where, lease: float) -> bool:
+    """Take the step for this task; False while another copy of it holds the lease.
+
+    The same task id may always take it again: that is a retry, or a redelivery
+    of the very message whose worker died. A different copy (a re-dispatch) waits
+    until the holder's lease has run out.
+    """
+    now = utcnow()
+    held = step.status == "running" and step.lease_until and aware(step.lease_until) > now
+    if held and step.task_id != where.task_id:
+        return False
     step.status = "running"
     step.attempts += 1
-    step.started_at = utcnow()
+    step.started_at = now
+    step.lease_until = now + timedelta(seconds=lease)
     step.task_id, step.queue = where.task_id, where.queue
+    return True
 
 
 def _end_step(tx: Tx, step: Step, status: str, error: str | None = None) -> None:
     step.status, step.error, step.finished_at = status, error, utcnow()
+    step.lease_until = None
     tx.db.add(step)
 
 
@@ -333,23 +369,27 @@ def _stopped(tx: Tx, run: Run, step: Step | None) -> bool:
 
     True when the run has ended (now or before); the step, if any, is skipped.
     """
-    if run.status not in TERMINAL:
-        status = loop.boundary_stop(
+    status = run.status
+    if status not in TERMINAL:
+        stop = loop.boundary_stop(
             cancel_requested=run.cancel_requested,
             deadline=aware(run.deadline_at) if run.deadline_at else None,
             now=utcnow(),
         )
-        if status is None:
+        if stop is None:
             return False
+        status = stop
+    if step is not None and step.status in ("pending", "running"):
+        # Before the terminal event: followers stop reading at that one.
+        _end_step(tx, step, "cancelled")
+        tx.emit(run.id, STEP_SKIPPED, {"kind": step.kind, "status": status}, step.number)
+    if run.status not in TERMINAL:
         reason = "cancelled on request" if status == "cancelled" else "passed its deadline"
         finish(tx, run, status, reason=reason)
-    if step is not None and step.status in ("pending", "running"):
-        _end_step(tx, step, "cancelled")
-        tx.emit(run.id, STEP_SKIPPED, {"kind": step.kind, "status": run.status}, step.number)
     return True
 
 
-def _continuation(db: Session, run: Run, step: Step) -> Next:
+def _continuation(rt: Runtime, db: Session, run: Run, step: Step) -> Next:
     """What a finished model step scheduled, for a redelivered copy of it.
 
     Re-dispatch only when nothing after the step has started: then the original
@@ -369,7 +409,11 @@ def _continuation(db: Session, run: Run, step: Step) -> Next:
     ).all()
     if any(s.status != "pending" for s in later):
         return NOTHING
-    return Next(tools=tuple((n, None) for n in plan.tool_steps), model=plan.next_model_step)
+    queues = []
+    for call, number in zip(calls, plan.tool_steps, strict=True):
+        tool = _tool_of(rt, run.agent, call.name)
+        queues.append((number, tool.queue if tool else None))
+    return Next(tools=tuple(queues), model=plan.next_model_step)
 
 
 def _count_model_calls(db: Session, run_id: str) -> int:
@@ -406,25 +450,29 @@ def _append(db: Session, run: Run, message: Message) -> None:
     db.flush()
 
 
-def _add_tool_results(db: Session, run: Run, number: int) -> None:
-    """Before model step `number`, add the results of the tool round before it (once)."""
+def _add_tool_results(db: Session, run: Run, number: int) -> bool:
+    """Before model step `number`, add the results of the tool round before it (once).
+
+    False while a tool step of that round has not finished: a chord callback that
+    fired early (a tool step's result counted twice after a redelivery) must wait.
+    """
     previous = db.exec(
         select(Step)
         .where(Step.run_id == run.id, Step.kind == "model", col(Step.number) < number)
         .order_by(col(Step.number).desc())
     ).first()
     if previous is None or previous.output is None:
-        return
+        return True
     calls = message_from_json(previous.output["message"]).tool_calls
     if not calls:
-        return
+        return True
     last = db.exec(
         select(ThreadMessage)
         .where(ThreadMessage.thread_id == run.thread_id)
         .order_by(col(ThreadMessage.position).desc())
     ).first()
     if last is not None and last.role == "tool":
-        return
+        return True
     tools = db.exec(
         select(Step).where(
             Step.run_id == run.id,
@@ -439,4 +487,7 @@ def _add_tool_results(db: Session, run: Run, number: int) -> None:
         for s in tools
         if s.output is not None
     }
+    if any(s.status in ("pending", "running") for s in tools):
+        return False
     _append(db, run, loop.results_message(calls, results))
+    return True

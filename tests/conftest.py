@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -52,15 +53,14 @@ def _reachable(host: str, port: int) -> bool:
 @pytest.fixture(scope="session")
 def services() -> None:
     """Postgres and Redis are up: fail in CI when they are not, skip elsewhere."""
+    wanted = (("PostgreSQL", urlsplit(PG_ADMIN)), ("Redis", urlsplit(REDIS_URL)))
     missing = [
-        name
-        for name, port in (("PostgreSQL", 5432), ("Redis", 6379))
-        if not _reachable("127.0.0.1", port)
+        f"{name} at {url.hostname}:{url.port}"
+        for name, url in wanted
+        if not _reachable(url.hostname or "127.0.0.1", url.port or 0)
     ]
     if missing:
-        message = (
-            f"{' and '.join(missing)} not reachable on 127.0.0.1 (scripts/services starts them)"
-        )
+        message = f"{' and '.join(missing)} not reachable (scripts/services starts them)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
