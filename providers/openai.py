@@ -1,0 +1,426 @@
+"""The `openai:` provider: Chat Completions through the official SDK.
+
+`to_wire` and `from_wire` translate between our message types and the wire, and
+`StreamAssembler` builds a response from streamed chunks; all three are pure.
+`OpenAIProvider` adds the SDK client (one per base URL and key, SDK retries off)
+and classifies every SDK error once, as `Retryable` or `Fatal`. Any
+OpenAI-compatible server works: `model_settings["base_url"]` or `OPENAI_BASE_URL`.
+
+Model settings read here: `api_key_env`, `base_url`, `timeout`, `instructions_role`,
+and the request options in `PASSTHROUGH`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import openai
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from providers.base import split_model
+from providers.errors import ContextLengthExceeded, Fatal, ProviderError, Retryable
+from providers.types import (
+    Delta,
+    FinishReason,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    OnDelta,
+    Part,
+    TextPart,
+    ToolCall,
+    ToolResult,
+    Usage,
+)
+
+__all__ = [
+    "OpenAIProvider",
+    "StreamAssembler",
+    "classify",
+    "from_wire",
+    "message_to_wire",
+    "retry_after",
+    "to_wire",
+    "usage_from_wire",
+]
+
+PROVIDER = "openai"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_TIMEOUT = 120.0
+CONNECT_TIMEOUT = 10.0
+
+# Agent model_settings sent to the API unchanged, when set.
+PASSTHROUGH = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "reasoning_effort",
+    "response_format",
+    "seed",
+    "stop",
+)
+# These are only valid alongside tools (the API rejects them otherwise).
+TOOL_OPTIONS = ("tool_choice", "parallel_tool_calls")
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "length": "length",
+    "content_filter": "content_filter",
+}
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def to_wire(request: ModelRequest) -> dict[str, Any]:
+    """Keyword arguments for `chat.completions.create` (streaming options excluded)."""
+    _, model = split_model(request.model)
+    settings = request.settings
+    messages: list[dict[str, Any]] = []
+    if request.instructions:
+        role = "developer" if settings.get("instructions_role") == "developer" else "system"
+        messages.append({"role": role, "content": request.instructions})
+    for message in request.messages:
+        messages.extend(message_to_wire(message))
+    wire: dict[str, Any] = {"model": model, "messages": messages}
+    if request.tools:
+        wire["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.parameters,
+                },
+            }
+            for t in request.tools
+        ]
+    options = PASSTHROUGH + TOOL_OPTIONS if request.tools else PASSTHROUGH
+    wire.update({k: settings[k] for k in options if settings.get(k) is not None})
+    return wire
+
+
+def message_to_wire(message: Message) -> list[dict[str, Any]]:
+    """One of our messages as Chat Completions messages (none, one, or one per tool result).
+
+    Thinking and opaque parts cannot be sent to Chat Completions and are dropped.
+    """
+    text = message.joined_text
+    if message.role == "tool":
+        return [
+            {"role": "tool", "tool_call_id": r.call_id, "content": _result_text(r)}
+            for r in message.parts
+            if isinstance(r, ToolResult)
+        ]
+    if message.role != "assistant":
+        return [{"role": message.role, "content": text}] if text else []
+    calls = message.tool_calls
+    if not text and not calls:
+        return []
+    wire: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        wire["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
+            for c in calls
+        ]
+    return [wire]
+
+
+def _result_text(result: ToolResult) -> str:
+    # Chat Completions has no error flag on a tool message, so the text carries it.
+    return f"Error: {result.content}" if result.is_error else result.content
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+def from_wire(completion: ChatCompletion) -> ModelResponse:
+    """Our response from a non-streamed chat completion (its first choice)."""
+    if not completion.choices:
+        raise Retryable(
+            "openai: the server returned a completion without choices", PROVIDER, completion.model
+        )
+    choice = completion.choices[0]
+    message = choice.message
+    calls: list[ToolCall] = []
+    for call in message.tool_calls or ():
+        if call.type == "function":
+            calls.append(ToolCall(call.id, call.function.name, call.function.arguments))
+        else:  # a custom tool call: pass its raw input on, the tool will judge it
+            calls.append(ToolCall(call.id, call.custom.name, call.custom.input))
+    if message.function_call is not None and not calls:
+        fc = message.function_call
+        calls.append(ToolCall(f"call_{completion.id}", fc.name, fc.arguments))
+    return _response(
+        text=message.content or "",
+        refusal=message.refusal or "",
+        calls=calls,
+        finish=choice.finish_reason,
+        usage=usage_from_wire(completion.usage),
+        model=completion.model,
+    )
+
+
+def usage_from_wire(usage: CompletionUsage | None) -> Usage:
+    """Token counts from the wire's usage object (absent counters are zero)."""
+    if usage is None:
+        return Usage()
+    prompt = usage.prompt_tokens_details
+    completion = usage.completion_tokens_details
+    return Usage(
+        input_tokens=usage.prompt_tokens,
+        output_tokens=usage.completion_tokens,
+        cached_tokens=(prompt.cached_tokens or 0) if prompt else 0,
+        cache_write_tokens=(prompt.cache_write_tokens or 0) if prompt else 0,
+        reasoning_tokens=(completion.reasoning_tokens or 0) if completion else 0,
+    )
+
+
+def _response(
+    *, text: str, refusal: str, calls: list[ToolCall], finish: str | None, usage: Usage, model: str
+) -> ModelResponse:
+    parts: list[Part] = []
+    reason: FinishReason = _FINISH.get(finish or "", "stop")
+    if refusal:
+        parts.append(TextPart(refusal))
+        reason = "refusal"
+    elif text:
+        parts.append(TextPart(text))
+    parts.extend(calls)
+    if calls and reason == "stop":
+        reason = "tool_calls"  # some compatible servers say "stop" after tool calls
+    return ModelResponse(Message("assistant", tuple(parts)), reason, usage, f"{PROVIDER}:{model}")
+
+
+@dataclass
+class _PartialCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+class StreamAssembler:
+    """Builds one response from streamed chunks, passing fragments to `on_delta` as they come.
+
+    Tool calls are keyed by their `index`: the first fragment brings the id and
+    name, later ones bring pieces of the arguments, and calls may interleave.
+    """
+
+    def __init__(self, on_delta: OnDelta | None = None) -> None:
+        self._on_delta = on_delta
+        self._text: list[str] = []
+        self._refusal: list[str] = []
+        self._calls: dict[int, _PartialCall] = {}
+        self._finish: str | None = None
+        self._usage = Usage()
+        self._model = ""
+        self._id = ""
+
+    def add(self, chunk: ChatCompletionChunk) -> None:
+        """Take one chunk: the final usage chunk has no choices."""
+        self._id = self._id or chunk.id
+        self._model = chunk.model or self._model
+        if chunk.usage is not None:
+            self._usage = usage_from_wire(chunk.usage)
+        for choice in chunk.choices or ():  # some servers send null on the usage chunk
+            if choice.index != 0:
+                continue
+            if choice.finish_reason is not None:
+                self._finish = choice.finish_reason
+            delta = choice.delta
+            if delta.content:
+                self._text.append(delta.content)
+                self._emit(Delta("text", delta.content))
+            if delta.refusal:
+                self._refusal.append(delta.refusal)
+                self._emit(Delta("text", delta.refusal))
+            for call in delta.tool_calls or ():
+                function = call.function
+                name = function.name if function else None
+                self._fragment(call.index, call.id, name, function.arguments if function else None)
+            if delta.function_call is not None:  # deprecated single function call
+                fc = delta.function_call
+                self._fragment(0, None, fc.name, fc.arguments)
+
+    def _fragment(
+        self, index: int, id: str | None, name: str | None, arguments: str | None
+    ) -> None:
+        partial = self._calls.setdefault(index, _PartialCall())
+        partial.id = partial.id or id or ""
+        partial.name = partial.name or name or ""
+        if arguments:
+            partial.arguments.append(arguments)
+            self._emit(Delta("tool_arguments", arguments, index))
+
+    def _emit(self, delta: Delta) -> None:
+        if self._on_delta is not None:
+            self._on_delta(delta)
+
+    def response(self) -> ModelResponse:
+        """The assembled response; `Retryable` if the stream ended before a finish reason."""
+        if self._finish is None:
+            raise Retryable(
+                "openai: the stream ended before the model finished", PROVIDER, self._model
+            )
+        calls = [
+            ToolCall(p.id or f"call_{self._id}_{i}", p.name, "".join(p.arguments))
+            for i, p in sorted(self._calls.items())
+        ]
+        return _response(
+            text="".join(self._text),
+            refusal="".join(self._refusal),
+            calls=calls,
+            finish=self._finish,
+            usage=self._usage,
+            model=self._model,
+        )
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def classify(error: openai.OpenAIError, model: str) -> ProviderError:
+    """Our error for an SDK error: retry later (with the server's delay), or give up."""
+    if isinstance(error, openai.APITimeoutError):
+        return Retryable(f"openai model {model!r}: the request timed out", PROVIDER, model)
+    if isinstance(error, openai.APIConnectionError):
+        cause = error.__cause__ or error
+        return Retryable(f"openai model {model!r}: connection failed: {cause}", PROVIDER, model)
+    if isinstance(error, openai.APIResponseValidationError):
+        return Fatal(f"openai model {model!r}: unexpected response: {error}", PROVIDER, model)
+    if isinstance(error, openai.APIStatusError):
+        status, detail = error.status_code, _server_message(error)
+        if status in _RETRYABLE_STATUS or status >= 500:
+            return Retryable(
+                f"openai model {model!r}: HTTP {status}: {detail}",
+                PROVIDER,
+                model,
+                retry_after=retry_after(error.response.headers),
+            )
+        text = f"openai model {model!r} rejected the request (HTTP {status}): {detail}"
+        if _context_length(error, detail):
+            return ContextLengthExceeded(text, PROVIDER, model)
+        return Fatal(text, PROVIDER, model)
+    if isinstance(error, openai.APIError):  # an error event inside a stream: no status
+        detail = _server_message(error)
+        text = f"openai model {model!r}: error in stream: {detail}"
+        if _context_length(error, detail):
+            return ContextLengthExceeded(text, PROVIDER, model)
+        if error.type == "invalid_request_error":
+            return Fatal(text, PROVIDER, model)
+        return Retryable(text, PROVIDER, model)
+    return Fatal(f"openai model {model!r}: {error}", PROVIDER, model)
+
+
+def _server_message(error: openai.APIError, limit: int = 500) -> str:
+    body = error.body
+    if isinstance(body, Mapping) and isinstance(body.get("message"), str):
+        message = str(body["message"])
+    elif isinstance(body, str) and body:
+        message = body  # not JSON: say, an HTML page from a proxy
+    else:
+        message = error.message
+    return message if len(message) <= limit else message[:limit] + "…"
+
+
+def _context_length(error: openai.APIError, detail: str) -> bool:
+    return error.code == "context_length_exceeded" or "maximum context length" in detail.lower()
+
+
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait, from `retry-after-ms`, or `retry-after` in seconds or as an HTTP date."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            seconds = float(lowered[name]) * scale
+        except (KeyError, ValueError):
+            continue
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    if "retry-after" not in lowered:
+        return None
+    try:
+        when = parsedate_to_datetime(lowered["retry-after"]).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+# --- the provider -----------------------------------------------------------------------------
+
+
+class OpenAIProvider:
+    """The `openai:` provider; thread-safe, one SDK client per base URL and API key."""
+
+    name = PROVIDER
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, str], openai.OpenAI] = {}
+
+    def client(self, settings: Mapping[str, Any]) -> openai.OpenAI:
+        """The SDK client for these model settings, created on first use."""
+        base_url = settings.get("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        key_env = settings.get("api_key_env") or "OPENAI_API_KEY"
+        api_key = os.environ.get(key_env)
+        if not api_key:
+            raise Fatal(f"openai: no API key: set the {key_env} environment variable", PROVIDER)
+        with self._lock:
+            client = self._clients.get((base_url, api_key))
+            if client is None:
+                client = openai.OpenAI(
+                    api_key=api_key,
+                    base_url=base_url,
+                    max_retries=0,  # the Celery task retries, visibly
+                    timeout=_timeout(settings),
+                )
+                self._clients[(base_url, api_key)] = client
+            return client
+
+    def complete(self, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelResponse:
+        """One chat completion; streamed (with usage) when `on_delta` is given."""
+        _, model = split_model(request.model)
+        client = self.client(request.settings)
+        wire = to_wire(request)
+        timeout = _timeout(request.settings)
+        try:
+            if on_delta is None:
+                return from_wire(client.chat.completions.create(**wire, timeout=timeout))
+            assembler = StreamAssembler(on_delta)
+            stream = client.chat.completions.create(
+                **wire, stream=True, stream_options={"include_usage": True}, timeout=timeout
+            )
+            with stream:
+                for chunk in stream:
+                    assembler.add(chunk)
+            return assembler.response()
+        except openai.OpenAIError as error:
+            raise classify(error, model) from error
+
+
+def _timeout(settings: Mapping[str, Any]) -> openai.Timeout:
+    """Per request, so each agent's `timeout` holds even on a shared client."""
+    value = settings.get("timeout")
+    try:
+        total = DEFAULT_TIMEOUT if value is None else float(value)
+    except (TypeError, ValueError):
+        total = -1.0
+    if not 0 < total < math.inf:
+        raise Fatal("openai: model_settings['timeout'] must be positive seconds", PROVIDER)
+    return openai.Timeout(total, connect=min(CONNECT_TIMEOUT, total))
