@@ -34,7 +34,8 @@ from providers.types import (
 
 STAND_IN_NOTICE = "scripted model: an offline stand-in, not a real LLM"
 
-_EXPRESSION = re.compile(r"\d+(?:\.\d+)?(?:\s*(?:\*\*|[-+*/])\s*\(?\s*\d+(?:\.\d+)?\s*\)?)+")
+_SPAN = re.compile(r"[\d(][\d\s.+\-*/()]*[\d)]")
+_HAS_OPERATOR = re.compile(r"[\d)]\s*(?:\*\*|[-+*/])\s*[\d(]")
 _ABOUT_TIME = re.compile(r"\b(time|clock|date)\b", re.IGNORECASE)
 
 
@@ -55,8 +56,9 @@ class ScriptedProvider:
         if delay > 0:
             time.sleep(delay)
         if on_delta is not None:
-            for word in re.findall(r"\S+\s*", message.joined_text):
-                on_delta(Delta("text", word))
+            for word in re.findall(r"\S*\s*", message.joined_text):
+                if word:
+                    on_delta(Delta("text", word))
         finish: FinishReason = "tool_calls" if message.tool_calls else "stop"
         return ModelResponse(message, finish, _usage(request, message), request.model)
 
@@ -93,7 +95,7 @@ def _demo_turn(messages: tuple[Message, ...], turn: int) -> Message:
             ToolCall(
                 f"call_{len(messages)}_{i}", "calculate", json.dumps({"expression": e.strip()})
             )
-            for i, e in enumerate(_EXPRESSION.findall(question))
+            for i, e in enumerate(_expressions(question))
         ]
         if _ABOUT_TIME.search(question):
             calls.append(ToolCall(f"call_{len(messages)}_{len(calls)}", "current_time", "{}"))
@@ -116,6 +118,20 @@ def _demo_turn(messages: tuple[Message, ...], turn: int) -> Message:
     return Message.text("assistant", "\n".join(lines) or "I have nothing to report.")
 
 
+def _expressions(text: str) -> list[str]:
+    """Arithmetic in `text`, with any parenthesis that is not closed trimmed away."""
+    found = []
+    for span in _SPAN.findall(text):
+        expression = span.strip()
+        while expression.count("(") > expression.count(")") and expression.startswith("("):
+            expression = expression[1:].lstrip()
+        while expression.count(")") > expression.count("(") and expression.endswith(")"):
+            expression = expression[:-1].rstrip()
+        if _HAS_OPERATOR.search(expression):
+            found.append(expression)
+    return found
+
+
 def _expression_of(messages: tuple[Message, ...], call_id: str) -> str:
     for message in reversed(messages):
         for call in message.tool_calls:
@@ -135,6 +151,8 @@ def _script_turn(request: ModelRequest, name: str, turn: int) -> Message:
             raise Fatal(f"scripted:{name} ran out of script at turn {turn + 1}", "scripted", name)
         turn = len(script) - 1
     entry = script[turn]
+    if not isinstance(entry, dict):
+        raise Fatal(f"scripted:{name}: turn {turn + 1} must be an object", "scripted", name)
     parts: list[Part] = []
     if entry.get("text"):
         parts.append(TextPart(str(entry["text"])))

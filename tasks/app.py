@@ -89,8 +89,8 @@ def start_run(
             run_id = _accept(
                 rt, run_id, agent, input, thread, idempotency_key, metadata, unexpected
             )
-        if not isinstance(run_id, str):
-            raise UserError("stepwise.start_run needs a run_id, or an agent and an input")
+        if not runs.is_uuid(run_id):
+            raise UserError("stepwise.start_run needs a UUID run_id, or an agent and an input")
         _send_next(self, rt, run_id, steps.start(rt, run_id))
         return run_id
     except _DATABASE_DOWN as error:

@@ -32,22 +32,25 @@ def calculate(expression: str) -> str:
     Args:
         expression: The expression, for example "17 * 23".
     """
-    value = _evaluate(ast.parse(expression, mode="eval").body)
+    value = _evaluate(ast.parse(expression.strip(), mode="eval").body)
     return str(int(value) if isinstance(value, float) and value.is_integer() else value)
 
 
-def _evaluate(node: ast.AST) -> float:
+def _evaluate(node: ast.AST) -> int | float:
+    """Integers stay exact; only division makes a float."""
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
         if isinstance(node.value, bool):
             raise ValueError("not plain arithmetic: a boolean")
         return node.value
     if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
         left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > 100:
+        if isinstance(node.op, ast.Pow) and (abs(right) > 100 or abs(left) > 10**100):
             raise ValueError("exponent too large")
-        return float(_OPERATORS[type(node.op)](left, right))
+        value: int | float = _OPERATORS[type(node.op)](left, right)
+        return value
     if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
-        return float(_OPERATORS[type(node.op)](_evaluate(node.operand)))
+        result: int | float = _OPERATORS[type(node.op)](_evaluate(node.operand))
+        return result
     raise ValueError(f"not plain arithmetic: {ast.unparse(node)}")
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -67,6 +68,16 @@ def validate(
         metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
         raise InvalidInput("metadata must be a JSON object with string keys")
+    try:
+        encoded = json.dumps(metadata, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidInput(f"metadata must be plain JSON: {error}") from None
+    checked = (("input", input), ("thread", thread), ("idempotency_key", idempotency_key))
+    for name, text in (*checked, ("metadata", encoded)):
+        if text is not None and not _storable(text):
+            raise InvalidInput(
+                f"{name} holds characters no database can store (NUL or lone surrogates)"
+            )
     return NewRun(str(uuid.UUID(run_id)), agent, input, thread, idempotency_key, metadata)
 
 
@@ -93,6 +104,20 @@ def accept(
     )
     with rt.store.transaction() as tx:
         return record(tx, new)
+
+
+def _storable(text: str) -> bool:
+    """Valid UTF-8 without NUL: Postgres text refuses both, and JSON escapes NUL as \\u0000."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text and "\\u0000" not in text
+
+
+def is_uuid(value: Any) -> TypeGuard[str]:
+    """True for a string that is a UUID."""
+    return isinstance(value, str) and _is_uuid(value)
 
 
 def _is_uuid(value: str) -> bool:

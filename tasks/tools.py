@@ -7,10 +7,11 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, get_type_hints, overload
+from typing import Any, get_args, get_type_hints, overload
 
 import docstring_parser
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import to_jsonable_python
 
 from providers.types import ToolSpec
 from tasks.errors import ConfigError
@@ -86,7 +87,11 @@ class Tool:
         result = self.fn(**kwargs)
         if inspect.isawaitable(result):
             result = asyncio.run(_await(result))
-        return result if isinstance(result, str) else json.dumps(result, default=str)
+        return (
+            result
+            if isinstance(result, str)
+            else json.dumps(to_jsonable_python(result, fallback=str))
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -111,7 +116,9 @@ def _arguments_model(
             raise ConfigError(f"tool {name!r}: *args and **kwargs cannot be described to a model")
         if param.name not in hints:
             raise ConfigError(f"tool {name!r}: parameter {param.name!r} needs a type hint")
-        if hints[param.name] is ToolContext:
+        if param.name.startswith("model_"):
+            raise ConfigError(f"tool {name!r}: parameter names may not start with 'model_'")
+        if ToolContext in (hints[param.name], *get_args(hints[param.name])):
             context_param = param.name
             continue
         default = ... if param.default is param.empty else param.default
