@@ -26,13 +26,18 @@ class CallTools:
 
 
 @dataclass(frozen=True)
+class Continue:
+    """The model paused mid-turn (Anthropic's pause_turn): send its reply back as is."""
+
+
+@dataclass(frozen=True)
 class Fail:
     """The run cannot go on."""
 
     reason: str
 
 
-Decision = Finish | CallTools | Fail
+Decision = Finish | CallTools | Continue | Fail
 
 
 def decide(response: ModelResponse, *, model_calls: int, max_steps: int) -> Decision:
@@ -46,6 +51,10 @@ def decide(response: ModelResponse, *, model_calls: int, max_steps: int) -> Deci
                 f"{model_calls} model call(s) (max_steps={max_steps})"
             )
         return CallTools(calls)
+    if response.finish_reason == "pause":
+        if model_calls >= max_steps:
+            return Fail(f"max_steps reached: the model paused after {model_calls} model call(s)")
+        return Continue()
     if response.finish_reason == "content_filter":
         return Fail("the provider's content filter stopped the model's reply")
     if response.finish_reason == "refusal":

@@ -191,6 +191,9 @@ def _record_response(
             return NOTHING
         if isinstance(decision, loop.Finish):
             return Next(finish=True)
+        if isinstance(decision, loop.Continue):
+            tx.db.add(Step(run_id=run_id, number=number + 1, kind="model"))
+            return Next(model=number + 1)
         plan = loop.plan_tools(number, len(decision.calls))
         queues = []
         for call, tool_number in zip(decision.calls, plan.tool_steps, strict=True):
@@ -399,7 +402,12 @@ def _continuation(rt: Runtime, db: Session, run: Run, step: Step) -> Next:
         return NOTHING
     calls = message_from_json(step.output["message"]).tool_calls
     if not calls:
-        return Next(finish=True)
+        if step.output.get("finish_reason") != "pause":
+            return Next(finish=True)
+        after = db.exec(
+            select(Step).where(Step.run_id == run.id, Step.number == step.number + 1)
+        ).first()
+        return Next(model=step.number + 1) if after and after.status == "pending" else NOTHING
     plan = loop.plan_tools(step.number, len(calls))
     later = db.exec(
         select(Step).where(

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from providers.types import Message, ModelResponse, TextPart, Thinking, ToolCall, ToolResult
+from tasks import loop
 from tasks.loop import (
     CallTools,
     Fail,
@@ -187,3 +188,15 @@ def test_results_message_ignores_results_for_calls_it_was_not_given():
     message = results_message((CALL_A,), {"call_z": stray})
     assert [p.call_id for p in message.parts] == ["call_a"]
     assert message.parts[0].is_error
+
+
+def test_a_paused_turn_is_sent_back_to_the_model_to_continue():
+    paused = ModelResponse(Message.text("assistant", "searching…"), "pause")
+    assert loop.decide(paused, model_calls=1, max_steps=5) == loop.Continue()
+
+
+def test_a_paused_turn_at_max_steps_fails_the_run():
+    paused = ModelResponse(Message.text("assistant", "searching…"), "pause")
+    decision = loop.decide(paused, model_calls=5, max_steps=5)
+    assert isinstance(decision, loop.Fail)
+    assert "max_steps" in decision.reason
