@@ -383,9 +383,10 @@ def _stopped(tx: Tx, run: Run, step: Step | None) -> bool:
             return False
         status = stop
     if step is not None and step.status in ("pending", "running"):
-        # Before the terminal event: followers stop reading at that one.
         _end_step(tx, step, "cancelled")
-        tx.emit(run.id, STEP_SKIPPED, {"kind": step.kind, "status": status}, step.number)
+        if run.status not in TERMINAL:
+            # Only before the terminal event, which stays the last one in the log.
+            tx.emit(run.id, STEP_SKIPPED, {"kind": step.kind, "status": status}, step.number)
     if run.status not in TERMINAL:
         reason = "cancelled on request" if status == "cancelled" else "passed its deadline"
         finish(tx, run, status, reason=reason)
