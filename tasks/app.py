@@ -27,6 +27,8 @@ app = Celery("stepwise")
 app.config_from_object("celeryconfig")
 
 MAX_RETRIES = 8
+# A model step whose tool round is unfinished checks again every 0.5 s, for up to an hour.
+WAIT_FOR_TOOLS = 7200
 _DATABASE_DOWN = (OperationalError, InterfaceError)
 
 
@@ -142,7 +144,10 @@ def model_step(self: Task, run_id: str, number: int) -> None:
         steps.note_retry(rt, run_id, number, error, countdown, self.request.retries + 1)
         _retry(self, countdown, error)
     except steps.NotReady as error:
-        _retry(self, 0.5, error, max_retries=None)
+        if self.request.retries >= WAIT_FOR_TOOLS:
+            _give_up(rt, run_id, number, "the tool round before it never finished", error)
+            return
+        _retry(self, 0.5, error, max_retries=WAIT_FOR_TOOLS)
     except _DATABASE_DOWN as error:
         _retry(self, backoff(self.request.retries), error)
     except Exception as error:

@@ -138,6 +138,8 @@ def record(tx: Tx, new: NewRun) -> tuple[str, bool]:
     if existing is not None:
         return existing, False
     thread_id = new.thread or new.run_id
+    # Lock an existing thread's row: two starts on one thread take turns at this check.
+    tx.db.exec(select(Thread).where(Thread.id == thread_id).with_for_update()).first()
     active = tx.db.exec(
         select(Run.id).where(Run.thread_id == thread_id, col(Run.status).not_in(TERMINAL))
     ).first()

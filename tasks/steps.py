@@ -240,15 +240,18 @@ def tool_step(rt: Runtime, run_id: str, number: int, where: Where) -> None:
     result = _run_tool(rt, agent_name, name, arguments, context)
 
     with rt.store.transaction() as tx:
-        locked_run(tx.db, run_id)
+        run = locked_run(tx.db, run_id)
         step = _step(tx.db, run_id, number)
         if step.status != "running":
             return
         step.output = {"content": result.content, "is_error": result.is_error}
         _end_step(tx, step, "failed" if result.is_error else "succeeded", error=None)
-        data: dict[str, Any] = {"call_id": call_id, "name": name}
         if result.is_error:
             step.error = result.content
+        if run.status in TERMINAL:
+            return  # recorded on the step; the terminal event stays the last in the log
+        data: dict[str, Any] = {"call_id": call_id, "name": name}
+        if result.is_error:
             tx.emit(run_id, TOOL_FAILED, {**data, "error": result.content}, number)
         else:
             tx.emit(run_id, TOOL_COMPLETED, {**data, "result": result.content}, number)
