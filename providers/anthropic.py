@@ -23,16 +23,14 @@ import json
 import os
 import re
 import threading
-import time
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import anthropic
 import httpx2
 
 from providers.base import split_model
-from providers.errors import ContextLengthExceeded, Fatal, ProviderError, Retryable
+from providers.errors import ContextLengthExceeded, Fatal, ProviderError, Retryable, retry_after
 from providers.types import (
     Delta,
     FinishReason,
@@ -383,23 +381,6 @@ def classify_status(
     if status == 400 and _TOO_LONG.search(detail):
         return ContextLengthExceeded(text, PROVIDER, model)
     return Fatal(text, PROVIDER, model)
-
-
-def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait, from `retry-after-ms`, or `retry-after` in seconds or as an HTTP date."""
-    lowered = {k.lower(): v for k, v in headers.items()}
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        try:
-            return max(0.0, float(lowered[name]) * scale)
-        except (KeyError, ValueError):
-            continue
-    if "retry-after" not in lowered:
-        return None
-    try:
-        when = parsedate_to_datetime(lowered["retry-after"]).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
 
 
 # --- the provider -----------------------------------------------------------------------------

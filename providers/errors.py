@@ -13,6 +13,11 @@ serialisation of task failures.
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+
 
 class StepwiseError(Exception):
     """Root of every error Stepwise raises on purpose."""
@@ -50,3 +55,22 @@ class Fatal(ProviderError):
 
 class ContextLengthExceeded(Fatal):
     """The conversation no longer fits the model's context window."""
+
+
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait, from `retry-after-ms`, or `retry-after` in seconds or as an HTTP date."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            seconds = float(lowered[name]) * scale
+        except (KeyError, ValueError):
+            continue
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    if "retry-after" not in lowered:
+        return None
+    try:
+        when = parsedate_to_datetime(lowered["retry-after"]).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))

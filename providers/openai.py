@@ -15,10 +15,8 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import openai
@@ -26,7 +24,7 @@ from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from providers.base import split_model
-from providers.errors import ContextLengthExceeded, Fatal, ProviderError, Retryable
+from providers.errors import ContextLengthExceeded, Fatal, ProviderError, Retryable, retry_after
 from providers.types import (
     Delta,
     FinishReason,
@@ -341,25 +339,6 @@ def _server_message(error: openai.APIError, limit: int = 500) -> str:
 
 def _context_length(error: openai.APIError, detail: str) -> bool:
     return error.code == "context_length_exceeded" or "maximum context length" in detail.lower()
-
-
-def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait, from `retry-after-ms`, or `retry-after` in seconds or as an HTTP date."""
-    lowered = {k.lower(): v for k, v in headers.items()}
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        try:
-            seconds = float(lowered[name]) * scale
-        except (KeyError, ValueError):
-            continue
-        if math.isfinite(seconds):
-            return max(0.0, seconds)
-    if "retry-after" not in lowered:
-        return None
-    try:
-        when = parsedate_to_datetime(lowered["retry-after"]).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
 
 
 # --- the provider -----------------------------------------------------------------------------
