@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -83,8 +84,20 @@ def database_url(services: None) -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def redis_keys(services: None) -> Iterator[str]:
+    """This session's Redis key prefix; every key under it is deleted at the end."""
+    yield KEY_PREFIX
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(match=f"{KEY_PREFIX}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
 @pytest.fixture
-def distributed(database_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def distributed(
+    database_url: str, redis_keys: str, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
     """The environment of a distributed deployment: Postgres, Redis, a broker."""
     env = {
         "STEPWISE_DATABASE_URL": database_url,
