@@ -20,16 +20,14 @@ the options in `PASSTHROUGH`.
 from __future__ import annotations
 
 import json
-import os
 import re
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 import anthropic
 import httpx2
 
-from providers.base import split_model
+from providers.base import Clients, split_model
 from providers.errors import ContextLengthExceeded, Fatal, ProviderError, Retryable, retry_after
 from providers.types import (
     Delta,
@@ -386,33 +384,26 @@ def classify_status(
 # --- the provider -----------------------------------------------------------------------------
 
 
+def _make_client(base_url: str | None, api_key: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=0,  # the Celery task retries, visibly
+        timeout=DEFAULT_TIMEOUT,
+    )
+
+
 class AnthropicProvider:
     """The `anthropic:` provider; thread-safe, one SDK client per base URL and API key."""
 
     name = PROVIDER
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._clients: dict[tuple[str | None, str], anthropic.Anthropic] = {}
+        self._clients = Clients(PROVIDER, "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", _make_client)
 
     def client(self, settings: Mapping[str, Any]) -> anthropic.Anthropic:
         """The SDK client for these model settings, created on first use."""
-        base_url = settings.get("base_url") or os.environ.get("ANTHROPIC_BASE_URL") or None
-        key_env = settings.get("api_key_env") or "ANTHROPIC_API_KEY"
-        api_key = os.environ.get(key_env)
-        if not api_key:
-            raise Fatal(f"anthropic: no API key: set the {key_env} environment variable", PROVIDER)
-        with self._lock:
-            client = self._clients.get((base_url, api_key))
-            if client is None:
-                client = anthropic.Anthropic(
-                    api_key=api_key,
-                    base_url=base_url,
-                    max_retries=0,  # the Celery task retries, visibly
-                    timeout=DEFAULT_TIMEOUT,
-                )
-                self._clients[(base_url, api_key)] = client
-            return client
+        return self._clients.get(settings)
 
     def complete(self, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelResponse:
         """One Messages API call; streamed when `on_delta` is given."""

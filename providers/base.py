@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, Protocol, TypeVar
 
 from providers.errors import Fatal
 from providers.types import ModelRequest, ModelResponse, OnDelta
@@ -16,6 +19,47 @@ class Provider(Protocol):
     def complete(self, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelResponse:
         """Run one model call; stream fragments to `on_delta` when given."""
         ...
+
+
+C = TypeVar("C")
+
+
+class Clients(Generic[C]):
+    """One provider's SDK clients: one per (base URL, API key), shared across threads.
+
+    The key is read from the environment variable the agent names in
+    `model_settings["api_key_env"]` (the SDK's own by default), never stored.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        key_env: str,
+        base_url_env: str,
+        make: Callable[[str | None, str], C],
+        default_base_url: str | None = None,
+    ) -> None:
+        self._provider, self._key_env, self._base_url_env = provider, key_env, base_url_env
+        self._make, self._default_base_url = make, default_base_url
+        self._lock = threading.Lock()
+        self._made: dict[tuple[str | None, str], C] = {}
+
+    def get(self, settings: Mapping[str, Any]) -> C:
+        """The client for these model settings, created on first use."""
+        base_url = (
+            settings.get("base_url") or os.environ.get(self._base_url_env) or self._default_base_url
+        )
+        key_env = settings.get("api_key_env") or self._key_env
+        api_key = os.environ.get(key_env)
+        if not api_key:
+            raise Fatal(
+                f"{self._provider}: no API key: set the {key_env} environment variable",
+                self._provider,
+            )
+        with self._lock:
+            if (base_url, api_key) not in self._made:
+                self._made[(base_url, api_key)] = self._make(base_url, api_key)
+            return self._made[(base_url, api_key)]
 
 
 def split_model(model: str) -> tuple[str, str]:

@@ -13,8 +13,6 @@ and the request options in `PASSTHROUGH`.
 from __future__ import annotations
 
 import math
-import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +21,7 @@ import openai
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from providers.base import split_model
+from providers.base import Clients, split_model
 from providers.errors import ContextLengthExceeded, Fatal, ProviderError, Retryable, retry_after
 from providers.types import (
     Delta,
@@ -350,27 +348,14 @@ class OpenAIProvider:
     name = PROVIDER
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._clients: dict[tuple[str, str], openai.OpenAI] = {}
+        self._clients = Clients(
+            PROVIDER, "OPENAI_API_KEY", "OPENAI_BASE_URL", _make_client, DEFAULT_BASE_URL
+        )
 
     def client(self, settings: Mapping[str, Any]) -> openai.OpenAI:
         """The SDK client for these model settings, created on first use."""
-        base_url = settings.get("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        key_env = settings.get("api_key_env") or "OPENAI_API_KEY"
-        api_key = os.environ.get(key_env)
-        if not api_key:
-            raise Fatal(f"openai: no API key: set the {key_env} environment variable", PROVIDER)
-        with self._lock:
-            client = self._clients.get((base_url, api_key))
-            if client is None:
-                client = openai.OpenAI(
-                    api_key=api_key,
-                    base_url=base_url,
-                    max_retries=0,  # the Celery task retries, visibly
-                    timeout=_timeout(settings),
-                )
-                self._clients[(base_url, api_key)] = client
-            return client
+        _timeout(settings)  # a bad timeout is a clear error before any client exists
+        return self._clients.get(settings)
 
     def complete(self, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelResponse:
         """One chat completion; streamed (with usage) when `on_delta` is given."""
@@ -391,6 +376,16 @@ class OpenAIProvider:
             return assembler.response()
         except openai.OpenAIError as error:
             raise classify(error, model) from error
+
+
+def _make_client(base_url: str | None, api_key: str) -> openai.OpenAI:
+    # The timeout goes on every request too, so each agent's own holds on a shared client.
+    return openai.OpenAI(
+        api_key=api_key,
+        base_url=base_url,
+        max_retries=0,  # the Celery task retries, visibly
+        timeout=openai.Timeout(DEFAULT_TIMEOUT, connect=CONNECT_TIMEOUT),
+    )
 
 
 def _timeout(settings: Mapping[str, Any]) -> openai.Timeout:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -226,8 +227,7 @@ def wait(run_id: str, timeout: float | None = None) -> RunInfo:
         if run is None:
             raise RunNotFound(f"no run with id {run_id!r}")
         seen = run.last_seq
-    for _ in follow(run_id, after=seen, timeout=timeout):
-        pass
+    deque(follow(run_id, after=seen, timeout=timeout), maxlen=0)  # read to the terminal event
     return get_run(run_id)
 
 
