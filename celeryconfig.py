@@ -48,6 +48,14 @@ worker_send_task_events = True
 task_send_sent_event = True
 task_track_started = True
 
+# The watchdog resumes or ends runs that stopped making progress (`celery -A tasks beat`).
+beat_schedule = {
+    "stepwise.watchdog": {
+        "task": "stepwise.watchdog",
+        "schedule": float(os.environ.get("STEPWISE_WATCHDOG_INTERVAL", "60")),
+    },
+}
+
 # Model calls wait on the network (a thread or gevent pool with high concurrency);
 # tools get their own workers. `celery -A tasks worker` with no -Q consumes all three.
 task_default_queue = "celery"

@@ -202,14 +202,20 @@ def _json(value: Mapping[str, Any] | anthropic.BaseModel) -> Mapping[str, Any]:
 
 
 def usage_from_wire(usage: Mapping[str, Any] | None) -> Usage:
-    """Token counts from the wire's usage object (absent counters are zero)."""
+    """Token counts from the wire's usage object (absent counters are zero).
+
+    Anthropic's `input_tokens` leaves out cache reads and writes; ours counts every
+    input token, as OpenAI's does, so totals and costs mean the same everywhere.
+    """
     usage = usage or {}
     details = usage.get("output_tokens_details") or {}
+    cached = usage.get("cache_read_input_tokens") or 0
+    written = usage.get("cache_creation_input_tokens") or 0
     return Usage(
-        input_tokens=usage.get("input_tokens") or 0,
+        input_tokens=(usage.get("input_tokens") or 0) + cached + written,
         output_tokens=usage.get("output_tokens") or 0,
-        cached_tokens=usage.get("cache_read_input_tokens") or 0,
-        cache_write_tokens=usage.get("cache_creation_input_tokens") or 0,
+        cached_tokens=cached,
+        cache_write_tokens=written,
         reasoning_tokens=details.get("thinking_tokens") or 0,
     )
 

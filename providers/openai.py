@@ -12,8 +12,10 @@ and the request options in `PASSTHROUGH`.
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,10 +42,14 @@ from providers.types import (
 __all__ = [
     "OpenAIProvider",
     "StreamAssembler",
+    "classified",
     "classify",
     "from_wire",
+    "make_client",
     "message_to_wire",
+    "request_timeout",
     "retry_after",
+    "stream_error",
     "to_wire",
     "usage_from_wire",
 ]
@@ -290,38 +296,64 @@ class StreamAssembler:
 
 # --- errors -----------------------------------------------------------------------------------
 
+# The HTTP library under the SDK: httpx for openai 2.x (what the litellm extra installs),
+# httpx2 for 3.x. A connection cut mid-stream surfaces as its TransportError under 2.x.
+_TRANSPORT_ERROR: type[Exception] = importlib.import_module(
+    "httpx2" if int(openai.__version__.partition(".")[0]) >= 3 else "httpx"
+).TransportError
 
-def classify(error: openai.OpenAIError, model: str) -> ProviderError:
+
+def classify(error: openai.OpenAIError, model: str, provider: str = PROVIDER) -> ProviderError:
     """Our error for an SDK error: retry later (with the server's delay), or give up."""
+    where = f"{provider} model {model!r}"
     if isinstance(error, openai.APITimeoutError):
-        return Retryable(f"openai model {model!r}: the request timed out", PROVIDER, model)
+        return Retryable(f"{where}: the request timed out", provider, model)
     if isinstance(error, openai.APIConnectionError):
         cause = error.__cause__ or error
-        return Retryable(f"openai model {model!r}: connection failed: {cause}", PROVIDER, model)
+        return Retryable(f"{where}: connection failed: {cause}", provider, model)
     if isinstance(error, openai.APIResponseValidationError):
-        return Fatal(f"openai model {model!r}: unexpected response: {error}", PROVIDER, model)
+        return Fatal(f"{where}: unexpected response: {error}", provider, model)
     if isinstance(error, openai.APIStatusError):
         status, detail = error.status_code, _server_message(error)
         if status in _RETRYABLE_STATUS or status >= 500:
             return Retryable(
-                f"openai model {model!r}: HTTP {status}: {detail}",
-                PROVIDER,
+                f"{where}: HTTP {status}: {detail}",
+                provider,
                 model,
                 retry_after=retry_after(error.response.headers),
             )
-        text = f"openai model {model!r} rejected the request (HTTP {status}): {detail}"
-        if _context_length(error, detail):
-            return ContextLengthExceeded(text, PROVIDER, model)
-        return Fatal(text, PROVIDER, model)
+        text = f"{where} rejected the request (HTTP {status}): {detail}"
+        if _context_length(error.code, detail):
+            return ContextLengthExceeded(text, provider, model)
+        return Fatal(text, provider, model)
     if isinstance(error, openai.APIError):  # an error event inside a stream: no status
-        detail = _server_message(error)
-        text = f"openai model {model!r}: error in stream: {detail}"
-        if _context_length(error, detail):
-            return ContextLengthExceeded(text, PROVIDER, model)
-        if error.type == "invalid_request_error":
-            return Fatal(text, PROVIDER, model)
-        return Retryable(text, PROVIDER, model)
-    return Fatal(f"openai model {model!r}: {error}", PROVIDER, model)
+        return stream_error(_server_message(error), error.code, error.type, model, provider)
+    return Fatal(f"{where}: {error}", provider, model)
+
+
+def stream_error(
+    detail: str, code: str | None, kind: str | None, model: str, provider: str = PROVIDER
+) -> ProviderError:
+    """Our error for one reported inside a stream, which has no HTTP status: by code and type."""
+    text = f"{provider} model {model!r}: error in stream: {detail}"
+    if _context_length(code, detail):
+        return ContextLengthExceeded(text, provider, model)
+    if kind == "invalid_request_error":
+        return Fatal(text, provider, model)
+    return Retryable(text, provider, model)
+
+
+@contextmanager
+def classified(model: str, provider: str = PROVIDER) -> Iterator[None]:
+    """Inside the block, SDK errors and a connection cut mid-stream leave as ours."""
+    try:
+        yield
+    except openai.OpenAIError as error:
+        raise classify(error, model, provider) from error
+    except _TRANSPORT_ERROR as error:
+        raise Retryable(
+            f"{provider} model {model!r}: connection failed: {error}", provider, model
+        ) from error
 
 
 def _server_message(error: openai.APIError, limit: int = 500) -> str:
@@ -335,8 +367,8 @@ def _server_message(error: openai.APIError, limit: int = 500) -> str:
     return message if len(message) <= limit else message[:limit] + "…"
 
 
-def _context_length(error: openai.APIError, detail: str) -> bool:
-    return error.code == "context_length_exceeded" or "maximum context length" in detail.lower()
+def _context_length(code: str | None, detail: str) -> bool:
+    return code == "context_length_exceeded" or "maximum context length" in detail.lower()
 
 
 # --- the provider -----------------------------------------------------------------------------
@@ -349,12 +381,12 @@ class OpenAIProvider:
 
     def __init__(self) -> None:
         self._clients = Clients(
-            PROVIDER, "OPENAI_API_KEY", "OPENAI_BASE_URL", _make_client, DEFAULT_BASE_URL
+            PROVIDER, "OPENAI_API_KEY", "OPENAI_BASE_URL", make_client, DEFAULT_BASE_URL
         )
 
     def client(self, settings: Mapping[str, Any]) -> openai.OpenAI:
         """The SDK client for these model settings, created on first use."""
-        _timeout(settings)  # a bad timeout is a clear error before any client exists
+        request_timeout(settings)  # a bad timeout is a clear error before any client exists
         return self._clients.get(settings)
 
     def complete(self, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelResponse:
@@ -362,8 +394,8 @@ class OpenAIProvider:
         _, model = split_model(request.model)
         client = self.client(request.settings)
         wire = to_wire(request)
-        timeout = _timeout(request.settings)
-        try:
+        timeout = request_timeout(request.settings)
+        with classified(model):
             if on_delta is None:
                 return from_wire(client.chat.completions.create(**wire, timeout=timeout))
             assembler = StreamAssembler(on_delta)
@@ -374,12 +406,10 @@ class OpenAIProvider:
                 for chunk in stream:
                     assembler.add(chunk)
             return assembler.response()
-        except openai.OpenAIError as error:
-            raise classify(error, model) from error
 
 
-def _make_client(base_url: str | None, api_key: str) -> openai.OpenAI:
-    # The timeout goes on every request too, so each agent's own holds on a shared client.
+def make_client(base_url: str | None, api_key: str) -> openai.OpenAI:
+    """An SDK client with its retries off; the timeout goes on every request too."""
     return openai.OpenAI(
         api_key=api_key,
         base_url=base_url,
@@ -388,7 +418,7 @@ def _make_client(base_url: str | None, api_key: str) -> openai.OpenAI:
     )
 
 
-def _timeout(settings: Mapping[str, Any]) -> openai.Timeout:
+def request_timeout(settings: Mapping[str, Any], provider: str = PROVIDER) -> openai.Timeout:
     """Per request, so each agent's `timeout` holds even on a shared client."""
     value = settings.get("timeout")
     try:
@@ -396,5 +426,5 @@ def _timeout(settings: Mapping[str, Any]) -> openai.Timeout:
     except (TypeError, ValueError):
         total = -1.0
     if not 0 < total < math.inf:
-        raise Fatal("openai: model_settings['timeout'] must be positive seconds", PROVIDER)
+        raise Fatal(f"{provider}: model_settings['timeout'] must be positive seconds", provider)
     return openai.Timeout(total, connect=min(CONNECT_TIMEOUT, total))

@@ -101,7 +101,13 @@ class Message:
 
 @dataclass(frozen=True)
 class Usage:
-    """Token counts for one model call (or a run's total)."""
+    """Token counts for one model call (or a run's total).
+
+    `input_tokens` counts every input token, cached ones and cache writes included;
+    `cached_tokens` and `cache_write_tokens` say how many of them were read from or
+    written to the provider's prompt cache. `reasoning_tokens` are part of
+    `output_tokens`.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0

@@ -64,6 +64,9 @@ class Run(SQLModel, table=True):
     cancel_requested: bool = False
     last_seq: int = 0
     usage: dict[str, int] = _json(dict)
+    cost_usd: float | None = None  # the sum over model steps that have a price
+    progressed_at: datetime | None = _when()  # the newest event's time (the watchdog reads it)
+    resumes: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
@@ -86,8 +89,10 @@ class Step(SQLModel, table=True):
     call_id: str | None = Field(default=None, max_length=200)
     tool_name: str | None = Field(default=None, max_length=200)
     arguments: str | None = Field(default=None, sa_column=Column(Text))
+    effect_id: str | None = Field(default=None, max_length=36)  # set before a tool first runs
     output: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONType))
     usage: dict[str, int] | None = Field(default=None, sa_column=Column(JSONType))
+    cost_usd: float | None = None  # None: the price table does not know the model
     error: str | None = Field(default=None, sa_column=Column(Text))
     attempts: int = 0
     lease_until: datetime | None = _when()

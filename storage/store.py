@@ -45,13 +45,14 @@ class Tx:
         the increment with the event).
         """
         assert type not in LIVE_ONLY, f"{type} is published live, never stored"
+        now = utcnow()
         seq = self.db.execute(
             update(Run)
             .where(col(Run.id) == run_id)
-            .values(last_seq=col(Run.last_seq) + 1)
+            .values(last_seq=col(Run.last_seq) + 1, progressed_at=now)
             .returning(col(Run.last_seq))
         ).scalar_one()
-        event = Event(run_id=run_id, seq=seq, type=type, step=step, data=data, created_at=utcnow())
+        event = Event(run_id=run_id, seq=seq, type=type, step=step, data=data, created_at=now)
         self.db.add(event)
         self.outbox.append(event)
         return event

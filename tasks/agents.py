@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from providers.base import split_model
 from providers.errors import Fatal
@@ -23,7 +23,13 @@ class Agent:
 
     `max_steps` bounds model calls; `deadline` is seconds from the run's start;
     `step_timeout` is the longest one step may run before another copy of it may
-    take over (keep it below the broker's visibility timeout).
+    take over (keep it below the broker's visibility timeout). The run fails when
+    the model asks for an invalid tool call (malformed JSON, arguments that fail
+    the schema, an unknown tool) `max_invalid_turns` turns in a row; before that,
+    each error goes back to the model so it can correct itself.
+    `on_unknown_outcome` says what happens to a tool call whose worker died while
+    it ran (its effect may or may not have happened) when the tool is not
+    idempotent: `"report"` tells the model, `"fail"` fails the run.
     """
 
     name: str
@@ -33,6 +39,8 @@ class Agent:
     max_steps: int = 10
     deadline: float = 600.0
     step_timeout: float = 300.0
+    max_invalid_turns: int = 3
+    on_unknown_outcome: Literal["report", "fail"] = "report"
     model_settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -48,6 +56,10 @@ class Agent:
             raise ConfigError(f"agent {self.name!r}: two tools share a name in {names}")
         if self.max_steps < 1:
             raise ConfigError(f"agent {self.name!r}: max_steps must be at least 1")
+        if self.on_unknown_outcome not in ("report", "fail"):
+            raise ConfigError(f"agent {self.name!r}: on_unknown_outcome is 'report' or 'fail'")
+        if self.max_invalid_turns < 1:
+            raise ConfigError(f"agent {self.name!r}: max_invalid_turns must be at least 1")
         if self.deadline <= 0 or self.step_timeout <= 0:
             raise ConfigError(f"agent {self.name!r}: deadline and step_timeout must be positive")
         object.__setattr__(self, "model_settings", MappingProxyType(dict(self.model_settings)))

@@ -7,19 +7,22 @@ number), so a broker message never carries a prompt, an output or a key.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from typing import Any, NoReturn
 
 from celery import Celery, Task, chain, chord
 from celery.canvas import Signature
-from celery.signals import worker_process_init
-from sqlalchemy.exc import InterfaceError, OperationalError
+from celery.signals import worker_init, worker_process_init
 
 from providers.errors import Retryable
-from tasks import runs, steps
+from tasks import records, runs, steps, timing, tool_steps, watchdog
+from tasks.agents import Agents
+from tasks.demo import demo_agent
 from tasks.errors import UserError
 from tasks.runtime import Runtime, current_runtime, forget_runtimes
+from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,7 @@ app.config_from_object("celeryconfig")
 MAX_RETRIES = 8
 # A model step whose tool round is unfinished checks again every 0.5 s, for up to an hour.
 WAIT_FOR_TOOLS = 7200
-_DATABASE_DOWN = (OperationalError, InterfaceError)
+_DATABASE_DOWN = records.DATABASE_DOWN
 
 
 @worker_process_init.connect
@@ -37,14 +40,36 @@ def _fresh_process(**_: Any) -> None:
     forget_runtimes()
 
 
+@worker_init.connect
+def _check_timing(**_: Any) -> None:
+    """Refuse to start a worker whose Redis broker could redeliver a step still running."""
+    if str(app.conf.broker_url or "").split(":", 1)[0] not in ("redis", "rediss", "sentinel"):
+        return  # AMQP and the others do not redeliver on a timer
+    settings = Settings.from_env()
+    agents = Agents.load(settings.agents_modules, [demo_agent(settings)])
+    visibility = float(app.conf.broker_transport_options.get("visibility_timeout", 3600))
+    found = timing.problems(agents, visibility)
+    if not found:
+        return
+    text = (
+        "the settings contradict each other: raise STEPWISE_VISIBILITY_TIMEOUT or lower these "
+        "(docs/reliability.md):\n  " + "\n  ".join(found)
+    )
+    # Crash tests shorten the visibility timeout on purpose, to see redelivery soon.
+    if os.environ.get("STEPWISE_TIMING_CHECK") == "warn":
+        log.warning("%s", text)
+        return
+    raise SystemExit(f"stepwise: {text}")
+
+
 def backoff(retries: int) -> float:
-    """Exponential backoff with full jitter, capped at a minute."""
-    return float(random.uniform(0, min(60.0, 2.0 ** (retries + 1))))
+    """Exponential backoff with full jitter, capped."""
+    return float(random.uniform(0, min(timing.MAX_BACKOFF, 2.0 ** (retries + 1))))
 
 
-def _where(task: Task) -> steps.Where:
+def _where(task: Task) -> records.Where:
     delivery = task.request.delivery_info or {}
-    return steps.Where(task_id=task.request.id, queue=delivery.get("routing_key"))
+    return records.Where(task_id=task.request.id, queue=delivery.get("routing_key"))
 
 
 def _retry(
@@ -56,7 +81,7 @@ def _retry(
     raise task.retry(exc=error, countdown=countdown, max_retries=max_retries)
 
 
-def _send_next(task: Task, rt: Runtime, run_id: str, after: steps.Next) -> None:
+def _send_next(task: Task, rt: Runtime, run_id: str, after: records.Next) -> None:
     """Dispatch what follows; if the broker refuses, retry the task, whose record
     is already written, so the retry only dispatches again."""
     try:
@@ -139,11 +164,13 @@ def model_step(self: Task, run_id: str, number: int) -> None:
             _give_up(rt, run_id, number, f"model step {number} gave up after retries", error)
             return
         countdown = (
-            error.retry_after if error.retry_after is not None else backoff(self.request.retries)
+            min(error.retry_after, timing.MAX_COUNTDOWN)
+            if error.retry_after is not None
+            else backoff(self.request.retries)
         )
         steps.note_retry(rt, run_id, number, error, countdown, self.request.retries + 1)
         _retry(self, countdown, error)
-    except steps.NotReady as error:
+    except records.NotReady as error:
         if self.request.retries >= WAIT_FOR_TOOLS:
             _give_up(rt, run_id, number, "the tool round before it never finished", error)
             return
@@ -161,7 +188,7 @@ def tool_step(self: Task, run_id: str, number: int) -> int:
     """Run the tool call recorded as step `number` of the run."""
     rt = current_runtime()
     try:
-        steps.tool_step(rt, run_id, number, _where(self))
+        tool_steps.tool_step(rt, run_id, number, _where(self))
     except _DATABASE_DOWN as error:
         _retry(self, backoff(self.request.retries), error)
     except Exception as error:
@@ -180,7 +207,31 @@ def finish_run(self: Task, run_id: str) -> None:
         _retry(self, backoff(self.request.retries), error)
 
 
-def canvas(run_id: str, after: steps.Next) -> Signature | None:
+@app.task(name="stepwise.watchdog", bind=True, ignore_result=True)
+def watchdog_sweep(self: Task) -> int:
+    """Resume or end the runs that stopped making progress (Celery beat runs this)."""
+    rt = current_runtime()
+    resumed = watchdog.sweep(rt)
+    for found in resumed:
+        try:
+            watchdog_dispatch(rt, found)
+        except Exception:
+            # The next sweep finds the run quiet again and sends it once more.
+            log.exception("watchdog: could not resume run %s", found.run_id)
+    return len(resumed)
+
+
+def watchdog_dispatch(rt: Runtime, found: watchdog.Resume) -> None:
+    """Send a resumed run's unfinished work again: its start, or its open steps."""
+    if not found.start:
+        dispatch(rt, found.run_id, found.after)
+    elif rt.settings.embedded:
+        start_run.si(run_id=found.run_id).apply()
+    else:
+        start_run.si(run_id=found.run_id).apply_async()
+
+
+def canvas(run_id: str, after: records.Next) -> Signature | None:
     """The canvas for what follows a step: a chord of parallel tool steps, a chain, or one task."""
     then: Signature | None = None
     if after.model is not None:
@@ -198,7 +249,7 @@ def canvas(run_id: str, after: steps.Next) -> Signature | None:
     return then
 
 
-def dispatch(rt: Runtime, run_id: str, after: steps.Next) -> None:
+def dispatch(rt: Runtime, run_id: str, after: records.Next) -> None:
     """Send what follows to the workers, or run it here in the embedded default."""
     signature = canvas(run_id, after)
     if signature is None:

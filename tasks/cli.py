@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from functools import wraps
 from typing import Annotated, Any
 
 import typer
 
 from providers.scripted import STAND_IN_NOTICE
+from providers.types import Usage
 from storage import SchemaOutOfDate, make_engine, upgrade
 from tasks import client
+from tasks.app import watchdog_sweep
 from tasks.errors import ConfigError, UserError, WaitTimeout
 from tasks.render import LiveView
 from tasks.runtime import current_runtime
@@ -107,6 +110,30 @@ def run(
         _exit_for(info.status)
 
 
+def _tokens(u: Usage, *, every: bool = True) -> str:
+    """Token counts; without `every`, the zero cache and reasoning counters are left out."""
+    counts = [
+        (u.input_tokens, "in"),
+        (u.output_tokens, "out"),
+        (u.cached_tokens, "cached"),
+        (u.cache_write_tokens, "cache-write"),
+        (u.reasoning_tokens, "reasoning"),
+    ]
+    return " · ".join(f"{n} {what}" for i, (n, what) in enumerate(counts) if every or i < 2 or n)
+
+
+def _dollars(cost: float | None) -> str:
+    return "no price" if cost is None else f"${cost:.6f}"
+
+
+def _cost(total: float | None, steps: list[client.StepInfo]) -> str:
+    unpriced = sum(1 for s in steps if s.usage is not None and s.cost_usd is None)
+    if not unpriced:
+        return _dollars(0.0 if total is None else total)
+    note = f"{unpriced} model step(s) had no price: add the model to STEPWISE_PRICES"
+    return note if total is None else f"{_dollars(total)} + {note}"
+
+
 @cli.command()
 @_errors_exit
 def show(
@@ -129,20 +156,26 @@ def show(
                 "error": s.error,
                 "attempts": s.attempts,
                 "queue": s.queue,
+                "usage": asdict(s.usage) if s.usage else None,
+                "cost_usd": s.cost_usd,
             }
             for s in steps
         ]
         typer.echo(json.dumps(data, indent=2))
     else:
-        u = info.usage
         typer.echo(f"run      {info.id}\nagent    {info.agent}\nstatus   {info.status}")
         typer.echo(f"thread   {info.thread}\ninput    {info.input}")
-        typer.echo(
-            f"tokens   {u.input_tokens} in · {u.output_tokens} out · {u.cached_tokens} cached · "
-            f"{u.cache_write_tokens} cache-write · {u.reasoning_tokens} reasoning"
-        )
+        typer.echo(f"tokens   {_tokens(info.usage)}")
+        typer.echo(f"cost     {_cost(info.cost_usd, steps)}")
         for s in steps:
-            what = f"tool {s.tool_name}({s.arguments})" if s.kind == "tool" else "model"
+            if s.kind == "tool":
+                what = f"tool {s.tool_name}({s.arguments})"
+            else:
+                model = (s.output or {}).get("model") or ""
+                spent = (
+                    f"{_tokens(s.usage, every=False)} · {_dollars(s.cost_usd)}" if s.usage else ""
+                )
+                what = f"model {model} {spent}".rstrip()
             typer.echo(f"  step {s.number:>3} {s.status:<9} {what}")
         if info.result is not None:
             typer.echo(f"result\n{info.result}")
@@ -169,6 +202,14 @@ def cancel(run_id: Annotated[str, typer.Argument(metavar="RUN")]) -> None:
     """Cancel a run (at once if queued, at the next step boundary if running)."""
     info = client.cancel(run_id)
     typer.echo(f"{info.id}: {info.status}" + (" (cancel requested)" if not info.done else ""))
+
+
+@cli.command()
+@_errors_exit
+def watchdog() -> None:
+    """Resume or end the runs that stopped making progress, once (beat does it every minute)."""
+    resumed = watchdog_sweep.apply().get()
+    typer.echo(f"resumed {resumed} run(s)")
 
 
 @cli.command()

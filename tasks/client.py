@@ -37,6 +37,7 @@ class RunInfo:
     thread: str
     metadata: dict[str, Any]
     usage: Usage
+    cost_usd: float | None  # the priced model steps' sum; None when none had a price
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -65,6 +66,7 @@ class StepInfo:
     arguments: str | None
     output: dict[str, Any] | None
     usage: Usage | None
+    cost_usd: float | None
     error: str | None
     attempts: int
     queue: str | None
@@ -141,6 +143,7 @@ def get_steps(run_id: str) -> list[StepInfo]:
                 s.arguments,
                 s.output,
                 usage_from_json(s.usage) if s.usage is not None else None,
+                s.cost_usd,
                 s.error,
                 s.attempts,
                 s.queue,
@@ -162,6 +165,7 @@ def _info(run: Run) -> RunInfo:
         thread=run.thread_id,
         metadata=run.meta,
         usage=usage_from_json(run.usage),
+        cost_usd=run.cost_usd,
         created_at=run.created_at,
         started_at=run.started_at,
         finished_at=run.finished_at,

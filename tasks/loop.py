@@ -99,3 +99,20 @@ def results_message(calls: tuple[ToolCall, ...], results: dict[str, ToolResult])
         for c in calls
     )
     return Message("tool", parts)
+
+
+def invalid_streak(rounds: list[list[bool]]) -> int:
+    """How many tool rounds in a row, counting back from the latest, held an invalid call.
+
+    Each round lists, per tool call, whether the call was invalid (malformed JSON,
+    arguments that fail the schema, an unknown tool). Rounds without tool calls do
+    not break a streak: a paused turn is not a correction.
+    """
+    streak = 0
+    for calls in reversed(rounds):
+        if not calls:
+            continue
+        if not any(calls):
+            break
+        streak += 1
+    return streak

@@ -13,6 +13,14 @@ def _clip(text: str, width: int = 200) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _spent(data: dict[str, Any]) -> str:
+    """Tokens, and dollars when the price table knew the model."""
+    usage = data.get("usage") or {}
+    text = f"{usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out tokens"
+    cost = data.get("cost_usd")
+    return text if cost is None else f"{text} · ${cost:.6f}"
+
+
 class LiveView:
     """Renders events as they arrive: steps, tool calls, streamed text, tokens, time."""
 
@@ -60,12 +68,14 @@ class LiveView:
     def _model_retrying(self, step: int, data: dict[str, Any], _event: Any) -> None:
         self._line(f"  ↻ step {step} retries in {data['countdown']} s: {_clip(data['error'])}\n")
 
+    def _model_retracted(self, step: int, data: dict[str, Any], _event: Any) -> None:
+        # A terminal cannot take printed text back: say that it no longer counts.
+        self._line(f"  ↺ step {step}: discard the text streamed above ({data['reason']})\n")
+
     def _model_completed(self, step: int, data: dict[str, Any], _event: Any) -> None:
-        usage = data.get("usage") or {}
-        tokens = f"{usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out"
         for call in data.get("tool_calls", []):
             self._line(f"  → {call['name']}({_clip(call['arguments'], 120)})\n")
-        self._line(f"  · {data['finish_reason']} · {tokens} tokens\n")
+        self._line(f"  · {data['finish_reason']} · {_spent(data)}\n")
 
     def _tool_started(self, step: int, data: dict[str, Any], _event: Any) -> None:
         self._line(f"▸ step {step} · tool {data['name']}({_clip(data['arguments'] or '', 120)})\n")
@@ -85,9 +95,7 @@ class LiveView:
         if self._first is not None and event.get("at"):
             seconds = (datetime.fromisoformat(event["at"]) - self._first).total_seconds()
             elapsed = f" in {seconds:.2f} s"
-        usage = data.get("usage") or {}
-        tokens = f"{usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out tokens"
-        self._line(f"{_MARK.get(status, '·')} {status}{elapsed} · {tokens}\n")
+        self._line(f"{_MARK.get(status, '·')} {status}{elapsed} · {_spent(data)}\n")
         if data.get("reason"):
             self._line(f"  reason: {data['reason']}\n")
         if data.get("result") is not None:

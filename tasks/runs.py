@@ -208,7 +208,7 @@ def finish(
     run.error = reason
     run.finished_at = now or utcnow()
     tx.db.add(run)
-    data: dict[str, Any] = {"status": status, "usage": run.usage}
+    data: dict[str, Any] = {"status": status, "usage": run.usage, "cost_usd": run.cost_usd}
     if reason is not None:
         data["reason"] = reason
     if result is not None:

@@ -7,10 +7,12 @@ import threading
 from dataclasses import dataclass
 
 from providers import Providers
+from providers.prices import Prices
 from storage import LocalFanout, RedisFanout, Store, check_schema, make_engine, upgrade
 from storage.fanout import Fanout
 from tasks.agents import Agents
 from tasks.demo import demo_agent
+from tasks.errors import ConfigError
 from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -18,12 +20,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Runtime:
-    """The store, the agents and the providers of one process."""
+    """The store, the agents, the providers and the price table of one process."""
 
     settings: Settings
     store: Store
     agents: Agents
     providers: Providers
+    prices: Prices
 
 
 class _Runtimes:
@@ -53,6 +56,10 @@ _runtimes = _Runtimes()
 def _build(settings: Settings) -> Runtime:
     """An embedded SQLite database is migrated on the spot; any other database must
     already be at the newest migration (`stepwise db upgrade`)."""
+    try:
+        prices = Prices.load(settings.prices_file)
+    except ValueError as error:
+        raise ConfigError(f"STEPWISE_PRICES: {error}") from None
     engine = make_engine(settings.database_url)
     if engine.dialect.name == "sqlite":
         upgrade(engine)
@@ -60,7 +67,7 @@ def _build(settings: Settings) -> Runtime:
         check_schema(engine)
     fanout: Fanout = RedisFanout(settings.redis_url) if settings.redis_url else LocalFanout()
     agents = Agents.load(settings.agents_modules, [demo_agent(settings)])
-    return Runtime(settings, Store(engine, fanout), agents, Providers())
+    return Runtime(settings, Store(engine, fanout), agents, Providers(), prices)
 
 
 def runtime_for(settings: Settings) -> Runtime:

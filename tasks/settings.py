@@ -18,6 +18,9 @@ class Settings:
     max_input_chars: int = 100_000
     openai_key_set: bool = False
     anthropic_key_set: bool = False
+    prices_file: str | None = None
+    watchdog_grace: float = 60.0
+    watchdog_max_resumes: int = 3
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -32,6 +35,11 @@ class Settings:
             max_input_chars=int(env.get("STEPWISE_MAX_INPUT_CHARS") or cls.max_input_chars),
             openai_key_set=bool(env.get("OPENAI_API_KEY")),
             anthropic_key_set=bool(env.get("ANTHROPIC_API_KEY")),
+            prices_file=env.get("STEPWISE_PRICES") or None,
+            watchdog_grace=float(env.get("STEPWISE_WATCHDOG_GRACE") or cls.watchdog_grace),
+            watchdog_max_resumes=int(
+                env.get("STEPWISE_WATCHDOG_MAX_RESUMES") or cls.watchdog_max_resumes
+            ),
         )
 
     @property

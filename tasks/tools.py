@@ -19,11 +19,17 @@ from tasks.errors import ConfigError
 
 @dataclass(frozen=True)
 class ToolContext:
-    """What a tool may learn about the call it serves; declare a parameter of this type."""
+    """What a tool may learn about the call it serves; declare a parameter of this type.
+
+    `effect_id` is committed before the tool runs and stays the same if the call
+    runs again: pass it to outside systems as an idempotency key.
+    """
 
     run_id: str
     step: int
     call_id: str
+    effect_id: str = ""
+    attempt: int = 1
 
 
 class ToolArgumentsError(ValueError):
@@ -42,10 +48,14 @@ class Tool:
         timeout: float | None = None,
         queue: str | None = None,
         requires_approval: bool = False,
+        idempotent: bool = False,
     ) -> None:
         self.fn = fn
         self.name = name or fn.__name__
+        if timeout is not None and not timeout > 0:
+            raise ConfigError(f"tool {self.name!r}: timeout must be positive seconds")
         self.timeout = timeout
+        self.idempotent = idempotent
         self.queue = queue
         self.requires_approval = requires_approval
         doc = docstring_parser.parse(inspect.getdoc(fn) or "")
@@ -141,6 +151,7 @@ def tool(
     timeout: float | None = None,
     queue: str | None = None,
     requires_approval: bool = False,
+    idempotent: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -150,10 +161,23 @@ def tool(
     timeout: float | None = None,
     queue: str | None = None,
     requires_approval: bool = False,
+    idempotent: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-    """Make a tool of a typed function with a docstring: `@tool` or `@tool(name=...)`."""
+    """Make a tool of a typed function with a docstring: `@tool` or `@tool(name=...)`.
+
+    `timeout` bounds one call (the agent's `step_timeout` otherwise). `idempotent`
+    says that running the call again with the same `ctx.effect_id` is safe, so a
+    call whose worker died is run again instead of ending as `outcome_unknown`.
+    """
 
     def wrap(f: Callable[..., Any]) -> Tool:
-        return Tool(f, name=name, timeout=timeout, queue=queue, requires_approval=requires_approval)
+        return Tool(
+            f,
+            name=name,
+            timeout=timeout,
+            queue=queue,
+            requires_approval=requires_approval,
+            idempotent=idempotent,
+        )
 
     return wrap(fn) if fn is not None else wrap

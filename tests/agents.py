@@ -118,3 +118,16 @@ sloppy = Agent(
         ]
     },
 )
+
+
+stubborn = Agent(
+    name="stubborn",
+    instructions="Never learn.",
+    model="scripted:stubborn",
+    tools=(add,),
+    max_invalid_turns=2,
+    model_settings={
+        "script": [{"tool_calls": [{"name": "add", "arguments": '{"a": 1, "b": '}]}],
+        "repeat_last": True,
+    },
+)

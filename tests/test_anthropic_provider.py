@@ -91,7 +91,7 @@ def test_a_text_reply_without_on_delta_is_one_plain_json_call(fake: FakeAnthropi
     response = AnthropicProvider().complete(request(temperature=0.3))
     assert response.message == Message("assistant", (TextPart("Rain in Oslo."),))
     assert response.finish_reason == "stop"
-    assert response.usage == Usage(30, 6, cached_tokens=20)
+    assert response.usage == Usage(50, 6, cached_tokens=20)
     assert response.model == "anthropic:claude-fake-20260101"
     (sent,) = fake.requests
     assert sent.path == "/v1/messages"
@@ -128,7 +128,7 @@ def test_streamed_text_reaches_on_delta_as_it_arrives(fake: FakeAnthropic) -> No
     assert {d.kind for d in deltas} == {"text"}
     assert "".join(d.text for d in deltas) == answer
     assert response.message.joined_text == answer
-    assert response.usage == Usage(40, 12, cache_write_tokens=25)
+    assert response.usage == Usage(65, 12, cache_write_tokens=25)
 
 
 def test_streamed_tool_use_fragments_are_assembled_per_block(fake: FakeAnthropic) -> None:

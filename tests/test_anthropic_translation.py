@@ -311,13 +311,15 @@ def test_a_response_keeps_block_order_and_the_tool_input_as_json_text() -> None:
     ("wire", "ours"),
     [
         (usage(12, 3), Usage(12, 3)),
-        (usage(12, 3, cache_read=100, cache_write=40), Usage(12, 3, 100, 40)),
+        (usage(12, 3, cache_read=100, cache_write=40), Usage(152, 3, 100, 40)),
         (usage(12, 300, thinking_tokens=250), Usage(12, 300, reasoning_tokens=250)),
         ({"input_tokens": 5, "output_tokens": 1, "cache_read_input_tokens": None}, Usage(5, 1)),
         (None, Usage()),
     ],
 )
-def test_usage_maps_cache_reads_and_writes(wire: dict[str, Any] | None, ours: Usage) -> None:
+def test_usage_counts_cache_reads_and_writes_as_input_too(
+    wire: dict[str, Any] | None, ours: Usage
+) -> None:
     assert usage_from_wire(wire) == ours
 
 

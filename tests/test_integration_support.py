@@ -58,6 +58,23 @@ def rendezvous(ctx: ToolContext) -> str:
     return f"step {ctx.step} met its partner"
 
 
+@tool(idempotent=True)
+def safe_gate(ctx: ToolContext) -> str:
+    """Note the effect id, then wait at the gate: safe to run again with the same id."""
+    with (_gates() / f"{ctx.run_id}.effects").open("a") as marks:
+        marks.write(f"{ctx.effect_id} {ctx.attempt}\n")
+    gate.fn(ctx)
+    return "the safe gate opened"
+
+
+@tool(timeout=1.0)
+def dawdle(ctx: ToolContext) -> str:
+    """Take much longer than this tool's timeout allows, then leave a mark."""
+    time.sleep(3.0)
+    _mark(ctx)
+    return "finished late"
+
+
 def _mark(ctx: ToolContext) -> None:
     with (_gates() / f"{ctx.run_id}.tally").open("a") as marks:
         marks.write(f"step {ctx.step}\n")
@@ -103,6 +120,44 @@ gated = Agent(
             {"text": "through the gate"},
         ]
     },
+)
+
+# Holds at a gate whose tool is idempotent, then answers.
+gated_safely = Agent(
+    name="gated_safely",
+    instructions="Wait at the safe gate.",
+    model="scripted:gated_safely",
+    tools=(safe_gate,),
+    model_settings={"script": [_calls(("safe_gate", {})), {"text": "through the safe gate"}]},
+)
+
+# Holds at a gate; a call whose worker dies fails the run instead of being reported.
+gated_strictly = Agent(
+    name="gated_strictly",
+    instructions="Wait at the gate, strictly.",
+    model="scripted:gated_strictly",
+    tools=(gate,),
+    on_unknown_outcome="fail",
+    model_settings={"script": [_calls(("gate", {})), {"text": "through the gate"}]},
+)
+
+# Holds at a gate, with two-second steps: a lost step stalls the run soon.
+gated_briefly = Agent(
+    name="gated_briefly",
+    instructions="Wait at the gate, briefly.",
+    model="scripted:gated_briefly",
+    tools=(gate,),
+    step_timeout=2.0,
+    model_settings={"script": [_calls(("gate", {})), {"text": "resumed and done"}]},
+)
+
+# A tool that overruns its one-second timeout, then a final answer.
+dawdling = Agent(
+    name="dawdling",
+    instructions="Dawdle.",
+    model="scripted:dawdling",
+    tools=(dawdle,),
+    model_settings={"script": [_calls(("dawdle", {})), {"text": "moved on"}]},
 )
 
 # Runs a counted tool, then holds at a gate, then answers.
@@ -161,6 +216,13 @@ def start_worker(
 def open_gate(gates: Path, run_id: str) -> None:
     """Let the run's `gate` tool return."""
     (gates / f"{run_id}.open").touch()
+
+
+def effects(gates: Path, run_id: str) -> list[tuple[str, int]]:
+    """(effect id, attempt) for each time `safe_gate` really ran for the run."""
+    marks = gates / f"{run_id}.effects"
+    lines = marks.read_text().splitlines() if marks.exists() else []
+    return [(effect, int(attempt)) for effect, attempt in (line.split() for line in lines)]
 
 
 def tallies(gates: Path, run_id: str) -> list[str]:

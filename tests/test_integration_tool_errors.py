@@ -31,12 +31,16 @@ def test_a_tool_that_raises_becomes_a_tool_error_for_the_model_and_the_run_succe
     by_number = {s.number: s for s in client.get_steps(run_id)}
     explode, add = by_number[2], by_number[3]
     assert (explode.tool_name, explode.status) == ("explode", "failed")
-    assert explode.output == {"content": "RuntimeError: exploded: on purpose", "is_error": True}
+    assert explode.output == {
+        "content": "RuntimeError: exploded: on purpose",
+        "is_error": True,
+        "invalid": False,  # the call was fine; the tool raised
+    }
     assert explode.error == "RuntimeError: exploded: on purpose"
     assert (add.tool_name, add.status, add.output) == (
         "add",
         "succeeded",
-        {"content": "2", "is_error": False},
+        {"content": "2", "is_error": False, "invalid": False},
     )
     log = events(database_url, run_id)
     assert [(kind, step) for _, kind, step in log if kind.startswith("tool.") and step == 2] == [
@@ -71,13 +75,14 @@ def test_malformed_tool_json_and_an_unknown_tool_go_back_to_the_model_which_corr
     assert unknown.output == {
         "content": "unknown tool 'subtract'; this agent's tools are: add",
         "is_error": True,
+        "invalid": True,
     }
     assert (fixed.tool_name, fixed.status, fixed.arguments) == (
         "add",
         "succeeded",
         '{"a": 1, "b": 2}',
     )
-    assert fixed.output == {"content": "3", "is_error": False}
+    assert fixed.output == {"content": "3", "is_error": False, "invalid": False}
     # The model saw both errors before it tried again.
     first_round = _tool_messages(database_url, run_id)[0]
     assert [p["is_error"] for p in first_round] == [True, True]
@@ -87,3 +92,31 @@ def test_malformed_tool_json_and_an_unknown_tool_go_back_to_the_model_which_corr
     ]
     failed = [step for _, kind, step in events(database_url, run_id) if kind == "tool.failed"]
     assert failed == [bad_json.number, unknown.number]
+
+
+def test_a_model_that_keeps_sending_invalid_tool_calls_fails_the_run_after_max_invalid_turns(
+    worker: Any, database_url: str
+) -> None:
+    worker()
+    run_id = client.start_run("stubborn", "add one and two")
+
+    run = client.wait(run_id, timeout=30)
+
+    assert run.status == "failed"
+    assert run.error is not None
+    assert run.error.startswith(
+        "the model asked for an invalid tool call 2 turn(s) in a row (max_invalid_turns=2); "
+        "the last: invalid call to add: arguments are not valid JSON"
+    )
+    kinds = [(s.number, s.kind, s.status) for s in client.get_steps(run_id)]
+    # Each bad call went back to the model once; the third model step never called it.
+    assert kinds == [
+        (1, "model", "succeeded"),
+        (2, "tool", "failed"),
+        (3, "model", "succeeded"),
+        (4, "tool", "failed"),
+        (5, "model", "failed"),
+    ]
+    started = [step for _, kind, step in events(database_url, run_id) if kind == "model.started"]
+    assert started == [1, 3]
+    assert [p["is_error"] for m in _tool_messages(database_url, run_id) for p in m] == [True, True]

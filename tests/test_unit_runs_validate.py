@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from providers import Providers
+from providers.prices import Prices
 from storage import Event, LocalFanout, Run, Store, Thread, make_engine, upgrade
 from tasks import InvalidInput, UnknownAgent, UserError
 from tasks.agents import Agents
@@ -186,7 +187,11 @@ def runtime(request: pytest.FixtureRequest, tmp_path):
     else:
         engine = make_engine(request.getfixturevalue("database_url"))
     yield Runtime(
-        Settings(max_input_chars=LIMIT), Store(engine, LocalFanout()), AGENTS, Providers()
+        Settings(max_input_chars=LIMIT),
+        Store(engine, LocalFanout()),
+        AGENTS,
+        Providers(),
+        Prices.load(),
     )
     engine.dispose()
 
