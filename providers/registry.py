@@ -14,6 +14,8 @@ _PROVIDERS = {
     "scripted": "providers.scripted:ScriptedProvider",
     "openai": "providers.openai:OpenAIProvider",
     "anthropic": "providers.anthropic:AnthropicProvider",
+    "openai-responses": "providers.openai_responses:OpenAIResponsesProvider",
+    "litellm": "providers.litellm:LiteLLMProvider",
 }
 
 
@@ -33,9 +35,17 @@ class Providers:
             return self._made[name]
 
 
+# Optional extras: the adapter module always ships, the package it bridges may not.
+_EXTRAS = {"litellm": "litellm"}
+
+
 def known() -> tuple[str, ...]:
     """Provider prefixes this installation can serve."""
-    return tuple(name for name, target in _PROVIDERS.items() if _importable(target))
+    return tuple(
+        name
+        for name, target in _PROVIDERS.items()
+        if _importable(target) and _importable(_EXTRAS.get(name, target))
+    )
 
 
 def _importable(target: str) -> bool:
