@@ -12,6 +12,7 @@ test decides when a run moves on, and nothing depends on how fast anything is.
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 from collections.abc import Callable
@@ -73,6 +74,21 @@ def dawdle(ctx: ToolContext) -> str:
     time.sleep(3.0)
     _mark(ctx)
     return "finished late"
+
+
+@tool
+def bump(ctx: ToolContext) -> str:
+    """Add one to this call's counter in Postgres, keyed by effect id, between two naps."""
+    url = os.environ["STEPWISE_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
+    time.sleep(random.uniform(0, 0.2))
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(
+            "INSERT INTO chaos_effects (effect_id, runs) VALUES (%s, 1) "
+            "ON CONFLICT (effect_id) DO UPDATE SET runs = chaos_effects.runs + 1",
+            (ctx.effect_id,),
+        )
+    time.sleep(random.uniform(0, 0.2))
+    return "bumped"
 
 
 def _mark(ctx: ToolContext) -> None:
@@ -149,6 +165,19 @@ gated_briefly = Agent(
     tools=(gate,),
     step_timeout=2.0,
     model_settings={"script": [_calls(("gate", {})), {"text": "resumed and done"}]},
+)
+
+# Two parallel counted calls between two slowish model calls: room for kills anywhere.
+chaotic = Agent(
+    name="chaotic",
+    instructions="Bump twice.",
+    model="scripted:chaotic",
+    tools=(bump,),
+    step_timeout=3.0,  # the watchdog finds a lost step within seconds
+    model_settings={
+        "script": [_calls(("bump", {}), ("bump", {})), {"text": "bumped"}],
+        "delay": 0.15,
+    },
 )
 
 # A tool that overruns its one-second timeout, then a final answer.
