@@ -10,6 +10,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -110,7 +111,14 @@ class _RedisSubscription:
         self._pubsub = pubsub
 
     def get(self, timeout: float) -> dict[str, Any] | None:
-        message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+        try:
+            message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+        except redis.RedisError as error:
+            # Redis is away: say "nothing new", so the follower reads the database, which
+            # holds every stored event. redis-py subscribes again when it reconnects.
+            log.warning("event subscription lost (%s); following from the database", error)
+            time.sleep(timeout)
+            return None
         if message is None or message["type"] != "message":
             return None
         payload: dict[str, Any] = json.loads(message["data"])

@@ -230,13 +230,21 @@ def test_runs_finish_after_their_redis_restarts_mid_run_and_forgets_every_messag
     run_ids = [runs.accept(rt, agent="chaotic", input=f"bump {i}")[0] for i in range(8)]
     for run_id in run_ids:
         sender.send_task("stepwise.start_run", kwargs={"run_id": run_id})
+    seen: list[dict[str, Any]] = []
+    follower = threading.Thread(target=lambda: seen.extend(client.follow(run_ids[-1], timeout=120)))
+    follower.start()
 
     time.sleep(0.8)  # some runs are mid-model, some mid-tool, some still queued
     private_redis.restart(down_for=1.0)  # it keeps nothing on disk: every message is gone
     figures = settle_and_check(counters, run_ids)
+    follower.join(30)
 
     print(f"\nredis restart: 8 runs: {figures}")
     assert all(client.get_run(r).status == "succeeded" for r in run_ids)
+    # The follower lost its subscription with Redis and went on from the database.
+    stored = [e["seq"] for e in seen if e["seq"] is not None]
+    assert stored == list(range(1, len(stored) + 1))
+    assert seen[-1]["type"] == "run.succeeded"
 
 
 def test_runs_end_after_their_postgres_restarts_mid_run(
