@@ -143,8 +143,9 @@ def test_a_tool_that_overruns_its_timeout_is_abandoned_and_the_model_is_told_und
         "dawdle did not finish within 1 s and was abandoned; "
         "it may still finish, and its effects may still happen"
     )
-    assert tallies(tmp_path, run_id) == []  # the run ended while the tool still slept
+    assert tallies(tmp_path, run_id) == []  # the run ended while the tool still waited
     # The abandoned call finishes later; its result is dropped, the record stays.
+    open_gate(tmp_path, run_id)
     wait_until("the abandoned call to finish", lambda: tallies(tmp_path, run_id))
     [again] = [s for s in client.get_steps(run_id) if s.number == 2]
     assert again.output == step.output

@@ -70,8 +70,8 @@ def safe_gate(ctx: ToolContext) -> str:
 
 @tool(timeout=1.0)
 def dawdle(ctx: ToolContext) -> str:
-    """Take much longer than this tool's timeout allows, then leave a mark."""
-    time.sleep(3.0)
+    """Wait at the gate, far past this tool's timeout, then leave a mark."""
+    gate.fn(ctx)
     _mark(ctx)
     return "finished late"
 

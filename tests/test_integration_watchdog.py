@@ -18,12 +18,15 @@ from typing import Any
 import pytest
 import redis
 from sqlmodel import col, select
+from typer.testing import CliRunner
 
+from providers.types import Message
 from storage import Run, Step
 from storage.models import Event, utcnow
 from tasks import client, runs, watchdog
 from tasks.app import watchdog_dispatch
-from tasks.records import Next
+from tasks.cli import cli
+from tasks.records import Next, append
 from tasks.runtime import Runtime, current_runtime
 from tests.conftest import KEY_PREFIX, REDIS_URL, ROOT
 from tests.test_integration_support import (
@@ -45,6 +48,7 @@ def _running(rt: Runtime, *, deadline_in: timedelta, quiet_for: timedelta) -> st
         run.deadline_at = now + deadline_in
         run.progressed_at = now - quiet_for
         tx.db.add(run)
+        append(tx.db, run, Message.text("user", run.input))
         tx.db.add(Step(run_id=run_id, number=1, kind="model"))
     return run_id
 
@@ -180,3 +184,18 @@ def test_beat_runs_the_watchdog_which_resumes_a_run_whose_worker_died_mid_tool(
     kinds = [k for _, k, _ in events(database_url, run_id)]
     assert kinds.count("run.resumed") == 1
     assert kinds[kinds.index("run.resumed") + 1 :][:1] == ["tool.outcome_unknown"]
+
+
+def test_the_watchdog_command_resumes_a_stalled_embedded_run_which_then_finishes(
+    embedded: dict[str, str],
+) -> None:
+    rt = current_runtime()
+    run_id = _running(rt, deadline_in=HOUR, quiet_for=HOUR)
+
+    done = CliRunner().invoke(cli, ["watchdog"])
+
+    assert done.exit_code == 0, done.output
+    assert done.output == "resumed 1 run(s)\n"
+    run = client.get_run(run_id)
+    assert (run.status, run.result) == ("succeeded", "2 + 2 = 4")
+    assert _types(rt, run_id)[:2] == ["run.queued", "run.resumed"]
