@@ -76,6 +76,9 @@ def _check(rt: Runtime, tx: Tx, run_id: str, now: datetime) -> Resume | None:
     steps = tx.db.exec(select(Step).where(Step.run_id == run_id).order_by(col(Step.number))).all()
     if any(s.status == "running" and s.lease_until and aware(s.lease_until) > now for s in steps):
         return None  # a step is in flight; its lease says how long it may take
+    if run.cancel_requested:  # say, a step waiting out a long retry countdown
+        _end(tx, run, steps, "cancelled", "cancelled on request (ended by the watchdog)")
+        return None
     if run.deadline_at is not None and now >= aware(run.deadline_at):
         _end(tx, run, steps, "timed_out", "passed its deadline (found by the watchdog)")
         return None

@@ -79,6 +79,21 @@ def test_a_running_run_past_its_deadline_with_nothing_in_flight_is_timed_out(
     assert _types(rt, run_id)[-2:] == ["step.skipped", "run.timed_out"]
 
 
+def test_a_quiet_run_with_a_cancel_request_and_nothing_in_flight_is_cancelled(
+    embedded: dict[str, str],
+) -> None:
+    rt = current_runtime()
+    run_id = _running(rt, deadline_in=HOUR, quiet_for=timedelta(seconds=1))
+    with rt.store.transaction() as tx:
+        runs.cancel(tx, run_id)  # its step waits out a retry countdown, say: nothing runs
+
+    assert watchdog.sweep(rt, now=utcnow() + timedelta(seconds=rt.settings.watchdog_grace)) == []
+
+    run = _run(rt, run_id)
+    assert (run.status, run.error) == ("cancelled", "cancelled on request (ended by the watchdog)")
+    assert _types(rt, run_id)[-3:] == ["run.cancel_requested", "step.skipped", "run.cancelled"]
+
+
 def test_a_quiet_run_is_resumed_from_its_unfinished_step_and_the_resume_is_logged(
     embedded: dict[str, str],
 ) -> None:
