@@ -19,6 +19,7 @@ raw `thinking` object), and the options in `PASSTHROUGH` and `TOOL_OPTIONS`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -409,8 +410,11 @@ class LiteLLMProvider:
             stream = self._litellm.completion(
                 **wire, stream=True, stream_options={"include_usage": True}
             )
-            for chunk in stream:
-                assembler.add(chunk.model_dump())
+            try:
+                for chunk in stream:
+                    assembler.add(chunk.model_dump())
+            finally:
+                _close(stream)
         except openai.OpenAIError as error:
             raise classify(error, model) from error
         # A stream that stops early gets a "stop" from LiteLLM; it notes the server's own.
@@ -418,6 +422,18 @@ class LiteLLMProvider:
             return assembler.response()
         message = f"litellm model {model!r}: the stream ended before the model finished"
         raise Retryable(message, PROVIDER, model)
+
+
+def _close(stream: Any) -> None:
+    """Close the HTTP response under a LiteLLM stream, which has no close of its own. Left to
+    the garbage collector after a failure, it can close itself inside another request's lock
+    on the same connection pool (LiteLLM shares one client) and hang that thread for good."""
+    inner = getattr(stream, "completion_stream", None)
+    for source in (inner, getattr(inner, "streaming_response", None)):
+        close = getattr(source, "close", None)
+        if callable(close):
+            with contextlib.suppress(Exception):  # the call's own outcome is what matters
+                close()
 
 
 def _connection(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ tests/test_litellm_reasoning.py.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from httpcore._sync.connection_pool import PoolByteStream
 
 from providers.errors import ContextLengthExceeded, Fatal, Retryable
 from providers.litellm import LiteLLMProvider
@@ -34,13 +36,16 @@ from providers.types import (
     ToolSpec,
     Usage,
 )
+from tests import fake_anthropic as claude
 from tests import fake_openai as wire
+from tests.fake_anthropic import FakeAnthropic
 from tests.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = "LITELLM_TEST_KEY"
 API_KEY = "sk-test-not-a-real-key"
 MODEL = "openai/gpt-4.1"
+CLAUDE = "anthropic/claude-sonnet-4-5"
 ADD = ToolSpec(
     "add",
     "Add two integers.",
@@ -471,6 +476,46 @@ def test_one_provider_serves_many_threads_at_once(
         t.join(20)
     assert failures == []
     assert sorted(answers) == sorted(f"answer {i}" for i in range(workers))
+
+
+def open_pool_streams() -> set[int]:
+    """Response streams still open in httpcore's connection pools, by id."""
+    return {id(o) for o in gc.get_objects() if isinstance(o, PoolByteStream) and not o._closed}
+
+
+def fail(delta: Delta) -> None:
+    raise RuntimeError("the follower went away")
+
+
+@pytest.mark.parametrize("failure", ["error event", "on_delta raises"])
+@pytest.mark.parametrize("via", ["openai", "anthropic"])
+def test_a_stream_that_fails_midway_closes_its_response_at_once(
+    server: FakeOpenAI, provider: LiteLLMProvider, via: str, failure: str
+) -> None:
+    # Left to the garbage collector, the response could close itself inside another
+    # request's connection-pool lock on the same client, and hang that thread for good.
+    event = failure == "error event"
+    fake = FakeAnthropic().start()
+    if via == "openai":
+        error = wire.error_body("The server had an error.", "server_error") if event else None
+        server.reply(wire.Stream(wire.text_deltas("Par", "tial"), error=error))
+        request = ask(server)
+    else:
+        events = claude.stream_events(claude.message(claude.text("The weather in Oslo is rainy")))
+        tail = [claude.error_event("overloaded_error", "Overloaded")] if event else events[5:]
+        fake.script(claude.Events([*events[:5], *tail]))
+        settings = {"base_url": fake.url, "api_key_env": KEY_ENV}
+        request = ModelRequest(f"litellm:{CLAUDE}", "", (Message.text("user", "hi"),), (), settings)
+    gc.collect()
+    gc.disable()  # so that only an explicit close can close it
+    try:
+        before = open_pool_streams()
+        with pytest.raises(Retryable if event else RuntimeError):
+            provider.complete(request, (lambda delta: None) if event else fail)
+        assert open_pool_streams() - before == set()
+    finally:
+        gc.enable()
+        fake.close()
 
 
 PROBE = """
