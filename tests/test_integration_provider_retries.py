@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,18 +39,20 @@ def server() -> Iterator[FakeOpenAI]:
         yield fake
 
 
-def _start(
-    worker: Any,
-    server: FakeOpenAI,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    **env: str,
-) -> Any:
+@pytest.fixture
+def start(
+    worker: Any, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Callable[..., Any]:
+    """Starts a worker that knows `streamer` and talks to the fake server; env on top."""
     monkeypatch.setenv("OPENAI_BASE_URL", server.url)
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     monkeypatch.setattr("tests.test_integration_support.AGENTS", AGENTS)
-    extra = {"OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": API_KEY, **env}
-    return start_worker(worker, monkeypatch, tmp_path, extra_env=extra)
+
+    def start_one(**env: str) -> Any:
+        extra = {"OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": API_KEY, **env}
+        return start_worker(worker, monkeypatch, tmp_path, extra_env=extra)
+
+    return start_one
 
 
 def _log(database_url: str, run_id: str) -> list[tuple[str, int | None, dict[str, Any], datetime]]:
@@ -67,13 +69,9 @@ def _model_events(log: list[tuple[str, int | None, dict[str, Any], datetime]]) -
 
 
 def test_a_429_with_retry_after_is_honoured_by_the_celery_retry_on_a_real_worker(
-    worker: Any,
-    server: FakeOpenAI,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    start: Callable[..., Any], server: FakeOpenAI, database_url: str
 ) -> None:
-    _start(worker, server, monkeypatch, tmp_path)
+    start()
     server.reply(
         wire.error(429, "Rate limit reached for requests", headers={"retry-after": "2"}),
         wire.Stream(wire.text_deltas("Paris.")),
@@ -104,13 +102,9 @@ def test_a_429_with_retry_after_is_honoured_by_the_celery_retry_on_a_real_worker
 
 
 def test_a_400_fails_the_run_with_a_message_naming_the_model(
-    worker: Any,
-    server: FakeOpenAI,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    start: Callable[..., Any], server: FakeOpenAI, database_url: str
 ) -> None:
-    _start(worker, server, monkeypatch, tmp_path)
+    start()
     server.reply(wire.error(400, "Invalid value for 'temperature': must be at most 2."))
     run_id = client.start_run("streamer", "Capital of France?")
 
@@ -126,13 +120,9 @@ def test_a_400_fails_the_run_with_a_message_naming_the_model(
 
 
 def test_a_stream_cut_short_is_retracted_so_a_follower_keeps_only_the_retried_answer(
-    worker: Any,
-    server: FakeOpenAI,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    start: Callable[..., Any], server: FakeOpenAI, database_url: str
 ) -> None:
-    _start(worker, server, monkeypatch, tmp_path)
+    start()
     # The second reply waits a little, so the follower below is listening when it streams.
     server.reply(
         wire.Stream(wire.text_deltas("The capital ", "of France is Ly"), cut=True),
@@ -170,14 +160,10 @@ def test_a_stream_cut_short_is_retracted_so_a_follower_keeps_only_the_retried_an
 
 
 def test_a_model_step_whose_worker_dies_mid_call_is_retracted_and_called_again(
-    worker: Any,
-    server: FakeOpenAI,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    start: Callable[..., Any], server: FakeOpenAI, database_url: str
 ) -> None:
     short = {"STEPWISE_VISIBILITY_TIMEOUT": "2", "STEPWISE_TIMING_CHECK": "warn"}
-    doomed = _start(worker, server, monkeypatch, tmp_path, **short)
+    doomed = start(**short)
     server.reply(
         wire.Hang(30, wire.Stream(wire.text_deltas("never sent"))),
         wire.Stream(wire.text_deltas("Paris.")),
@@ -187,7 +173,7 @@ def test_a_model_step_whose_worker_dies_mid_call_is_retracted_and_called_again(
 
     doomed.kill()  # mid-call, as in a crash
     time.sleep(2.5)  # past the visibility timeout: the next worker restores the message
-    _start(worker, server, monkeypatch, tmp_path, **short)
+    start(**short)
     run = client.wait(run_id, timeout=60)
 
     assert run.status == "succeeded", run.error
@@ -206,12 +192,9 @@ def test_a_model_step_whose_worker_dies_mid_call_is_retracted_and_called_again(
 
 
 def test_a_model_without_a_price_records_its_tokens_and_no_cost(
-    worker: Any,
-    server: FakeOpenAI,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    start: Callable[..., Any], server: FakeOpenAI
 ) -> None:
-    _start(worker, server, monkeypatch, tmp_path)
+    start()
     server.reply(wire.Stream(wire.text_deltas("Paris.")))
     run_id = client.start_run("streamer", "Capital of France?")
 
