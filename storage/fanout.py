@@ -2,124 +2,357 @@
 
 Publishing never raises: the database is the record, pub/sub only the
 notification, so a follower that misses a message fills the hole from Postgres.
+
+Listening costs one Redis connection per process, however many runs and
+followers it serves: `RedisFanout` keeps a single pub/sub connection, owned by
+one thread (the hub), which subscribes to a run's channel while anyone in the
+process follows that run and hands each message to every follower's inbox. An
+inbox is bounded and never blocks the hub: a follower that falls behind loses
+live messages, is told so (`LOST`), and reads the stored ones from the database.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import queue
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, Protocol
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Final
 
 import redis
 
-from storage.keys import run_channel
+from storage.keys import CHANNEL_PREFIX, run_channel
 
 log = logging.getLogger(__name__)
 
+Message = dict[str, Any]
 
-class Subscription(Protocol):
-    """Messages published for one run, as they arrive."""
+# Handed to a follower instead of a message when live messages may have been
+# missed: its inbox overflowed, or the subscription broke and was made again.
+LOST: Final[Message] = {"type": "stepwise.lost"}
 
-    def get(self, timeout: float) -> dict[str, Any] | None:
-        """The next message, or None when `timeout` seconds pass without one."""
-        ...
+INBOX_LIMIT = 10_000  # live messages held for one follower before it is told it lost some
+SUBSCRIBE_WAIT = 5.0  # seconds to wait for Redis to confirm a subscription
 
 
-class Fanout(Protocol):
-    """Publishes a run's events to whoever listens, and lets them listen."""
+class _Inbox(ABC):
+    """One follower's live messages: bounded, filled by the hub without ever blocking it."""
 
-    def publish(self, run_id: str, payload: dict[str, Any]) -> None:
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._overflowed = False
+        self.live = False  # subscribed and confirmed: nothing published since can be missed
+        self.late = False  # the follower stopped waiting for the confirmation and went on
+
+    @abstractmethod
+    def deliver(self, message: Message) -> None:
+        """Called from the hub's thread."""
+
+    def _take_lost(self) -> bool:
+        if self._overflowed:
+            self._overflowed = False
+            return True
+        return False
+
+
+class Subscription(_Inbox):
+    """Messages for one run, read by one thread."""
+
+    def __init__(self, limit: int = INBOX_LIMIT) -> None:
+        super().__init__(limit)
+        self._queue: queue.Queue[Message] = queue.Queue(maxsize=limit)
+
+    def deliver(self, message: Message) -> None:
+        try:
+            self._queue.put_nowait(message)
+        except queue.Full:
+            self._overflowed = True
+
+    def get(self, timeout: float) -> Message | None:
+        """The next message, `LOST`, or None when `timeout` seconds pass without one."""
+        if self._take_lost():
+            return LOST
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return LOST if self._take_lost() else None
+
+
+class AsyncSubscription(_Inbox):
+    """Messages for one run, read by one asyncio task."""
+
+    def __init__(self, limit: int = INBOX_LIMIT) -> None:
+        super().__init__(limit)
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=limit)
+
+    def deliver(self, message: Message) -> None:
+        # RuntimeError: the loop has closed, so nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._put, message)
+
+    def _put(self, message: Message) -> None:
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self._overflowed = True
+
+    async def get(self, timeout: float) -> Message | None:
+        """The next message, `LOST`, or None when `timeout` seconds pass without one."""
+        if self._take_lost():
+            return LOST
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return LOST if self._take_lost() else None
+
+
+class Fanout(ABC):
+    """What both fan-outs share: subscriptions as context managers over attach/detach."""
+
+    # Whether messages published by every process arrive here. When not, a follower's
+    # inbox is never `live`, and the follower reads the database often.
+    sees_every_process = True
+
+    @abstractmethod
+    def publish(self, run_id: str, payload: Message) -> None:
         """Send `payload` to the run's listeners; log and swallow any failure."""
-        ...
 
-    def subscribe(self, run_id: str) -> Any:
-        """A context manager yielding a `Subscription`, subscribed before it yields."""
-        ...
+    @abstractmethod
+    def _attach(self, run_id: str, inbox: _Inbox) -> Future[None]:
+        """Start delivering the run's messages to `inbox`; resolved once none can be missed."""
+
+    @abstractmethod
+    def _detach(self, run_id: str, inbox: _Inbox) -> None:
+        """Stop delivering to `inbox`."""
+
+    @contextmanager
+    def subscribe(self, run_id: str, limit: int = INBOX_LIMIT) -> Iterator[Subscription]:
+        """A subscription to the run's messages, confirmed (or known not to be) on entry."""
+        inbox = Subscription(limit)
+        ready = self._attach(run_id, inbox)
+        try:
+            try:
+                ready.result(timeout=SUBSCRIBE_WAIT)
+                inbox.live = self.sees_every_process
+            except FutureTimeout:
+                inbox.late = True
+                log.warning("no live events for run %s yet: following from the database", run_id)
+            yield inbox
+        finally:
+            self._detach(run_id, inbox)
+
+    @asynccontextmanager
+    async def asubscribe(
+        self, run_id: str, limit: int = INBOX_LIMIT
+    ) -> AsyncIterator[AsyncSubscription]:
+        """`subscribe` for asyncio: the wait for Redis does not block the event loop."""
+        inbox = AsyncSubscription(limit)
+        ready = self._attach(run_id, inbox)
+        try:
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(ready), SUBSCRIBE_WAIT)
+                inbox.live = self.sees_every_process
+            except TimeoutError:
+                inbox.late = True
+                log.warning("no live events for run %s yet: following from the database", run_id)
+            yield inbox
+        finally:
+            self._detach(run_id, inbox)
 
 
-class LocalFanout:
-    """In-process fan-out for the embedded default."""
+class LocalFanout(Fanout):
+    """In-process fan-out for the embedded default.
+
+    A run started by another process publishes where this one cannot hear, so
+    its followers here read the database twice a second.
+    """
+
+    sees_every_process = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._listeners: dict[str, set[queue.SimpleQueue[dict[str, Any]]]] = {}
+        self._inboxes: dict[str, set[_Inbox]] = {}
 
-    def publish(self, run_id: str, payload: dict[str, Any]) -> None:
+    def publish(self, run_id: str, payload: Message) -> None:
         with self._lock:
-            listeners = list(self._listeners.get(run_id, ()))
-        for listener in listeners:
-            listener.put(payload)
+            inboxes = list(self._inboxes.get(run_id, ()))
+        for inbox in inboxes:
+            inbox.deliver(payload)
 
-    @contextmanager
-    def subscribe(self, run_id: str) -> Iterator[_LocalSubscription]:
-        inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+    def _attach(self, run_id: str, inbox: _Inbox) -> Future[None]:
         with self._lock:
-            self._listeners.setdefault(run_id, set()).add(inbox)
-        try:
-            yield _LocalSubscription(inbox)
-        finally:
-            with self._lock:
-                self._listeners[run_id].discard(inbox)
-                if not self._listeners[run_id]:
-                    del self._listeners[run_id]
+            self._inboxes.setdefault(run_id, set()).add(inbox)
+        ready: Future[None] = Future()
+        ready.set_result(None)
+        return ready
+
+    def _detach(self, run_id: str, inbox: _Inbox) -> None:
+        with self._lock:
+            self._inboxes[run_id].discard(inbox)
+            if not self._inboxes[run_id]:
+                del self._inboxes[run_id]
 
 
-class _LocalSubscription:
-    def __init__(self, inbox: queue.SimpleQueue[dict[str, Any]]) -> None:
-        self._inbox = inbox
+class _Channel:
+    """A channel the hub listens to for this process, and who in the process wants it."""
 
-    def get(self, timeout: float) -> dict[str, Any] | None:
-        try:
-            return self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            return None
+    def __init__(self) -> None:
+        self.inboxes: set[_Inbox] = set()
+        self.ready: Future[None] = Future()
 
 
-class RedisFanout:
-    """Redis pub/sub on channel `stepwise:run:<run id>`."""
+class RedisFanout(Fanout):
+    """Redis pub/sub on channel `stepwise:run:<run id>`, one listening connection per process."""
 
     def __init__(self, url: str) -> None:
+        self._url = url
         self._client = redis.Redis.from_url(url, health_check_interval=30)
+        self._lock = threading.Lock()
+        self._channels: dict[str, _Channel] = {}
+        self._to_subscribe: set[str] = set()
+        self._to_unsubscribe: set[str] = set()
+        self._hub: threading.Thread | None = None
+        self._closed = threading.Event()
+        # The hub blocks reading its connection; a message on this private channel wakes it.
+        self._wake_channel = f"stepwise:hub:{uuid.uuid4()}"
 
-    def publish(self, run_id: str, payload: dict[str, Any]) -> None:
+    def publish(self, run_id: str, payload: Message) -> None:
         try:
             self._client.publish(run_channel(run_id), json.dumps(payload))
         except redis.RedisError as error:
             log.warning("could not publish event of run %s: %s", run_id, error)
 
-    @contextmanager
-    def subscribe(self, run_id: str) -> Iterator[_RedisSubscription]:
+    @property
+    def channels(self) -> int:
+        """How many runs this process listens to now."""
+        with self._lock:
+            return len(self._channels)
+
+    def _attach(self, run_id: str, inbox: _Inbox) -> Future[None]:
+        name = run_channel(run_id)
+        with self._lock:
+            channel = self._channels.get(name)
+            new = channel is None
+            if channel is None:
+                channel = self._channels[name] = _Channel()
+                self._to_subscribe.add(name)
+            channel.inboxes.add(inbox)
+            if self._hub is None:
+                self._hub = threading.Thread(target=self._run_hub, name="stepwise-hub", daemon=True)
+                self._hub.start()
+        if new:
+            self._wake()
+        return channel.ready
+
+    def _detach(self, run_id: str, inbox: _Inbox) -> None:
+        name = run_channel(run_id)
+        with self._lock:
+            channel = self._channels.get(name)
+            if channel is None:
+                return
+            channel.inboxes.discard(inbox)
+            if not channel.inboxes:
+                del self._channels[name]
+                self._to_unsubscribe.add(name)  # sent on the hub's next turn, no hurry
+
+    def close(self) -> None:
+        """Stop the hub and close both connections."""
+        self._closed.set()
+        self._wake()
+        if self._hub is not None:
+            self._hub.join(timeout=5)
+        self._client.close()
+
+    def _wake(self) -> None:
+        # On failure the hub is reconnecting; it subscribes what is pending when it is back.
+        with contextlib.suppress(redis.RedisError):
+            self._client.publish(self._wake_channel, "")
+
+    def _run_hub(self) -> None:
         pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        reconnecting = False
         try:
-            pubsub.subscribe(run_channel(run_id))
-            # Wait for the server's confirmation: only then can nothing published be missed.
-            confirmed = pubsub.get_message(timeout=10)
-            if not confirmed or confirmed["type"] != "subscribe":
-                raise redis.ConnectionError(f"no subscribe confirmation for run {run_id}")
-            yield _RedisSubscription(pubsub)
+            while not self._closed.is_set():
+                try:
+                    self._send_pending(pubsub)
+                    message = pubsub.get_message(timeout=1.0)
+                except redis.RedisError as error:
+                    if not reconnecting:
+                        log.warning("event subscriptions lost (%s); reconnecting", error)
+                    reconnecting = True
+                    self._lost_everything()
+                    self._closed.wait(0.5)
+                    continue
+                if message is not None:
+                    reconnecting = False
+                    try:
+                        self._dispatch(message)
+                    except Exception:  # one bad message must not stop every follower
+                        log.exception("could not hand out a live event")
         finally:
             pubsub.close()
 
-
-class _RedisSubscription:
-    def __init__(self, pubsub: redis.client.PubSub) -> None:
-        self._pubsub = pubsub
-
-    def get(self, timeout: float) -> dict[str, Any] | None:
+    def _send_pending(self, pubsub: redis.client.PubSub) -> None:
+        with self._lock:
+            subscribe, self._to_subscribe = self._to_subscribe, set()
+            unsubscribe = {c for c in self._to_unsubscribe if c not in self._channels}
+            self._to_unsubscribe = set()
         try:
-            message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-        except redis.RedisError as error:
-            # Redis is away: say "nothing new", so the follower reads the database, which
-            # holds every stored event. redis-py subscribes again when it reconnects.
-            log.warning("event subscription lost (%s); following from the database", error)
-            time.sleep(timeout)
-            return None
-        if message is None or message["type"] != "message":
-            return None
-        payload: dict[str, Any] = json.loads(message["data"])
-        return payload
+            if not pubsub.subscribed:
+                pubsub.subscribe(self._wake_channel)
+            if unsubscribe:
+                pubsub.unsubscribe(*unsubscribe)  # type: ignore[no-untyped-call]
+            if subscribe:
+                pubsub.subscribe(*subscribe)
+        except redis.RedisError:
+            with self._lock:  # try again once the connection is back
+                self._to_subscribe |= {c for c in subscribe if c in self._channels}
+                self._to_unsubscribe |= unsubscribe
+            raise
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        name = message["channel"].decode()
+        if not name.startswith(CHANNEL_PREFIX):
+            return  # the wake channel
+        if kind == "subscribe":
+            self._confirmed(name)
+        elif kind == "message":
+            payload: Message = json.loads(message["data"])
+            with self._lock:
+                channel = self._channels.get(name)
+                inboxes = list(channel.inboxes) if channel else []
+            for inbox in inboxes:
+                inbox.deliver(payload)
+
+    def _confirmed(self, name: str) -> None:
+        """Redis confirmed a subscription: a new one is ready; a renewed one may have gaps."""
+        with self._lock:
+            channel = self._channels.get(name)
+            if channel is None:
+                return
+            first = not channel.ready.done()
+            if first:
+                channel.ready.set_result(None)
+            inboxes = list(channel.inboxes)
+        for inbox in inboxes:
+            inbox.live = True
+            if not first or inbox.late:
+                inbox.deliver(LOST)
+
+    def _lost_everything(self) -> None:
+        """The connection broke: every follower reads the database until it is back."""
+        with self._lock:
+            inboxes = [i for c in self._channels.values() for i in c.inboxes]
+        for inbox in inboxes:
+            inbox.live = False
+            inbox.deliver(LOST)

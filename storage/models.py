@@ -40,6 +40,7 @@ class Thread(SQLModel, table=True):
     __tablename__ = "stepwise_threads"
 
     id: str = Field(primary_key=True, max_length=200)
+    owner: str | None = Field(default=None, max_length=200)  # set by its first run
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
@@ -55,6 +56,7 @@ class Run(SQLModel, table=True):
     status: str = Field(default="queued", max_length=16, index=True)
     input: str = Field(sa_column=Column(Text, nullable=False))
     thread_id: str = Field(foreign_key="stepwise_threads.id", index=True, max_length=200)
+    owner: str | None = Field(default=None, index=True, max_length=200)  # None: anyone's
     idempotency_key: str | None = Field(default=None, unique=True, max_length=200)
     meta: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column("metadata", JSONType, nullable=False)

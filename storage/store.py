@@ -11,11 +11,13 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
-from storage.events import LIVE_ONLY
+from storage.events import LIVE_ONLY, MODEL_COMPLETED, MODEL_RETRACTED, MODEL_STARTED
 from storage.fanout import Fanout
 from storage.models import Event, Run, aware, utcnow
 
 log = logging.getLogger(__name__)
+
+MODEL_HISTORY = (MODEL_STARTED, MODEL_COMPLETED, MODEL_RETRACTED)
 
 
 def event_payload(event: Event) -> dict[str, Any]:
@@ -92,6 +94,20 @@ class Store:
             "at": utcnow().isoformat(),
         }
         self.fanout.publish(run_id, payload)
+
+    def model_history(self, run_id: str, upto: int) -> list[dict[str, Any]]:
+        """The run's model.started, .completed and .retracted events with `seq <= upto`."""
+        with self.reading() as db:
+            rows = db.exec(
+                select(Event)
+                .where(
+                    Event.run_id == run_id,
+                    Event.seq <= upto,
+                    col(Event.type).in_(MODEL_HISTORY),
+                )
+                .order_by(col(Event.seq))
+            ).all()
+            return [event_payload(e) for e in rows]
 
     def events_after(self, run_id: str, after: int) -> list[dict[str, Any]]:
         """The run's committed events with `seq > after`, in order."""

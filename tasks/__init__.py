@@ -5,10 +5,21 @@
 
 from tasks.agents import Agent
 from tasks.app import app
-from tasks.client import RunInfo, StepInfo, cancel, follow, get_run, get_steps, start_run, wait
+from tasks.client import (
+    RunInfo,
+    StepInfo,
+    afollow,
+    cancel,
+    follow,
+    get_run,
+    get_steps,
+    start_run,
+    wait,
+)
 from tasks.errors import (
     ConfigError,
     InvalidInput,
+    NotYours,
     RunNotFound,
     StepwiseError,
     UnknownAgent,
@@ -21,6 +32,7 @@ __all__ = [
     "Agent",
     "ConfigError",
     "InvalidInput",
+    "NotYours",
     "RunInfo",
     "RunNotFound",
     "StepInfo",
@@ -30,6 +42,7 @@ __all__ = [
     "UnknownAgent",
     "UserError",
     "WaitTimeout",
+    "afollow",
     "app",
     "cancel",
     "follow",

@@ -107,15 +107,22 @@ def start_run(
     thread: Any = None,
     idempotency_key: Any = None,
     metadata: Any = None,
+    owner: Any = None,
     **unexpected: Any,
 ) -> str:
     """Record the run if the message describes a new one, then start its loop."""
     rt = current_runtime()
     try:
         if agent is not None or input is not None or unexpected:
-            run_id = _accept(
-                rt, run_id, agent, input, thread, idempotency_key, metadata, unexpected
-            )
+            fields = {
+                "agent": agent,
+                "input": input,
+                "thread": thread,
+                "idempotency_key": idempotency_key,
+                "metadata": metadata,
+                "owner": owner,
+            }
+            run_id = _accept(rt, run_id, fields, unexpected)
         if not runs.is_uuid(run_id):
             raise UserError("stepwise.start_run needs a UUID run_id, or an agent and an input")
         _send_next(self, rt, run_id, steps.start(rt, run_id))
@@ -124,16 +131,7 @@ def start_run(
         _retry(self, backoff(self.request.retries), error)
 
 
-def _accept(
-    rt: Runtime,
-    run_id: Any,
-    agent: Any,
-    input: Any,
-    thread: Any,
-    idempotency_key: Any,
-    metadata: Any,
-    unexpected: dict[str, Any],
-) -> str:
+def _accept(rt: Runtime, run_id: Any, fields: dict[str, Any], unexpected: dict[str, Any]) -> str:
     """Validate and record a run sent by name from another application.
 
     A bad message raises `UserError` and writes nothing: the task fails with the
@@ -141,15 +139,7 @@ def _accept(
     """
     if unexpected:
         raise UserError(f"stepwise.start_run got unexpected arguments: {sorted(unexpected)}")
-    recorded, _ = runs.accept(
-        rt,
-        agent=agent,
-        input=input,
-        run_id=run_id,
-        thread=thread,
-        idempotency_key=idempotency_key,
-        metadata=metadata,
-    )
+    recorded, _ = runs.accept(rt, run_id=run_id, **fields)
     return recorded
 
 

@@ -7,6 +7,7 @@ otherwise (failed, cancelled, timed out), 2 bad input, 3 a configuration problem
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -210,6 +211,45 @@ def watchdog() -> None:
     """Resume or end the runs that stopped making progress, once (beat does it every minute)."""
     resumed = watchdog_sweep.apply().get()
     typer.echo(f"resumed {resumed} run(s)")
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@cli.command()
+@_errors_exit
+def serve(
+    host: Annotated[str, typer.Option(help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The port to listen on.")] = 8000,
+    keepalive: Annotated[
+        float, typer.Option(help="Seconds between keepalive comments on a quiet event stream.")
+    ] = 15.0,
+    send_timeout: Annotated[
+        float, typer.Option(help="Seconds a client may leave events unread before it is cut off.")
+    ] = 30.0,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without STEPWISE_API_TOKENS on any address.")
+    ] = False,
+) -> None:
+    """Serve the HTTP API: start, read, cancel and follow runs (Server-Sent Events)."""
+    import uvicorn
+
+    from tasks.server import create_app
+
+    settings = Settings.from_env()
+    if not settings.api_tokens:
+        if host not in _LOOPBACK and not no_auth:
+            raise ConfigError(
+                f"STEPWISE_API_TOKENS is not set: refusing to serve an open API on {host}; "
+                "set tokens (owner=token,…) or pass --no-auth"
+            )
+        typer.echo(
+            "note: no STEPWISE_API_TOKENS: the API is open to anyone who can reach it", err=True
+        )
+    current_runtime()  # fail now, not on the first request, when the configuration is wrong
+    app = create_app(settings, keepalive=keepalive, send_timeout=send_timeout)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
 
 
 @cli.command()

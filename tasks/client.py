@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
-import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -14,14 +14,12 @@ from sqlmodel import col, select
 
 from providers.types import Usage, usage_from_json
 from storage import TERMINAL, Run, Step
-from storage.events import TERMINAL_EVENTS
+from storage import follow as protocol
+from storage.models import aware
 from tasks import runs
 from tasks.app import start_run as start_run_task
 from tasks.errors import RunNotFound, WaitTimeout
 from tasks.runtime import Runtime, current_runtime
-
-# How long a follower listens before it also asks the database (a missed publish).
-_POLL = 0.5
 
 
 @dataclass(frozen=True)
@@ -36,6 +34,7 @@ class RunInfo:
     error: str | None
     thread: str
     metadata: dict[str, Any]
+    owner: str | None  # None: started without one, visible to every caller of the HTTP API
     usage: Usage
     cost_usd: float | None  # the priced model steps' sum; None when none had a price
     created_at: datetime
@@ -51,7 +50,7 @@ class RunInfo:
         """The run as JSON data."""
         data = asdict(self)
         for key in ("created_at", "started_at", "finished_at"):
-            data[key] = data[key].isoformat() if data[key] else None
+            data[key] = aware(data[key]).isoformat() if data[key] else None
         return data
 
 
@@ -82,11 +81,14 @@ def start_run(
     idempotency_key: str | None = None,
     metadata: dict[str, Any] | None = None,
     run_id: str | None = None,
+    owner: str | None = None,
 ) -> str:
     """Record a run and enqueue it; returns its id at once.
 
     The same `idempotency_key` (or `run_id`) twice returns the first run's id and
-    starts nothing new. In the embedded default the run executes in a thread of
+    starts nothing new (`NotYours` if that run has another `owner`). A run with
+    an owner is shown by the HTTP API to that owner only; its thread, too, can
+    be continued by that owner only. In the embedded default the run executes in a thread of
     this process, which stays alive until the run ends.
     """
     rt = current_runtime()
@@ -98,13 +100,15 @@ def start_run(
         thread=thread,
         idempotency_key=idempotency_key,
         metadata=metadata,
+        owner=owner,
     )
     if created:
-        _enqueue(rt, recorded)
+        enqueue(rt, recorded)
     return recorded
 
 
-def _enqueue(rt: Runtime, run_id: str) -> None:
+def enqueue(rt: Runtime, run_id: str) -> None:
+    """Send a recorded run's first task (embedded: run it in a thread of this process)."""
     if rt.settings.embedded:
         worker = threading.Thread(
             target=start_run_task.apply, kwargs={"kwargs": {"run_id": run_id}}, name=f"run-{run_id}"
@@ -164,6 +168,7 @@ def _info(run: Run) -> RunInfo:
         error=run.error,
         thread=run.thread_id,
         metadata=run.meta,
+        owner=run.owner,
         usage=usage_from_json(run.usage),
         cost_usd=run.cost_usd,
         created_at=run.created_at,
@@ -177,50 +182,36 @@ def follow(
 ) -> Iterator[dict[str, Any]]:
     """The run's events with `seq > after`: replayed from the database, then live.
 
-    Each stored event comes exactly once and in order; live-only `model.delta`
-    events (with `seq` None) come as they are published. The iterator ends after
-    the terminal event, or raises `WaitTimeout` after `timeout` seconds.
+    Each stored event comes exactly once and in order, whatever happens to the
+    live connection; live-only `model.delta` events (with `seq` None) come
+    between the `model.started` and the `model.completed` (or `model.retracted`)
+    of their step. The iterator ends after the terminal event, or raises
+    `WaitTimeout` after `timeout` seconds. To resume after a disconnect, follow
+    again with `after` set to the last `seq` received.
     """
     rt = current_runtime()
     get_run(run_id)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    last = after
-    with rt.store.fanout.subscribe(run_id) as live:
-        while True:
-            for event in rt.store.events_after(run_id, last):
-                yield event
-                last = event["seq"]
-                if event["type"] in TERMINAL_EVENTS:
-                    return
-            ended = _ended_at(rt, run_id)
-            if ended is not None:
-                if last >= ended:
-                    return  # the caller had seen the end already (`after` past it)
-                continue  # it ended after the replay: read the rest from the database
-            while True:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise WaitTimeout(f"run {run_id} did not end within {timeout} s")
-                message = live.get(timeout=_POLL)
-                if message is None:
-                    break  # quiet: look in the database in case a publish was missed
-                if message["seq"] is None:
-                    yield message
-                    continue
-                if message["seq"] <= last:
-                    continue
-                if message["seq"] > last + 1:
-                    break  # a hole: fill it from the database
-                yield message
-                last = message["seq"]
-                if message["type"] in TERMINAL_EVENTS:
-                    return
+    try:
+        yield from protocol.follow(rt.store, run_id, after, timeout=timeout)
+    except protocol.FollowTimeout as error:
+        raise WaitTimeout(str(error)) from None
 
 
-def _ended_at(rt: Runtime, run_id: str) -> int | None:
-    """The run's last sequence number if it has ended, else None."""
-    with rt.store.reading() as db:
-        run = db.get(Run, run_id)
-        return run.last_seq if run is not None and run.status in TERMINAL else None
+async def afollow(
+    run_id: str, after: int = 0, *, timeout: float | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """`follow` for asyncio: `async for event in afollow(run_id): ...`.
+
+    Every follower in the process shares one Redis connection; database reads
+    run in worker threads, so the event loop never blocks on them.
+    """
+    rt = current_runtime()
+    await asyncio.to_thread(get_run, run_id)
+    try:
+        async for event in protocol.afollow(rt.store, run_id, after, timeout=timeout):
+            yield event
+    except protocol.FollowTimeout as error:
+        raise WaitTimeout(str(error)) from None
 
 
 def wait(run_id: str, timeout: float | None = None) -> RunInfo:

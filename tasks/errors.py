@@ -8,7 +8,8 @@ StepwiseError                     (providers.errors) the root
 ├── UserError                     the caller passed something wrong; nothing was written
 │   ├── UnknownAgent
 │   ├── InvalidInput
-│   └── RunNotFound
+│   ├── RunNotFound
+│   └── NotYours                  the run or thread belongs to another owner
 ├── ConfigError                   fix your code: a misconfigured agent, tool or setting
 └── WaitTimeout                   `wait()` gave up before the run ended (also a TimeoutError)
 """
@@ -28,6 +29,7 @@ __all__ = [
     "ContextLengthExceeded",
     "Fatal",
     "InvalidInput",
+    "NotYours",
     "ProviderError",
     "Retryable",
     "RunNotFound",
@@ -52,6 +54,10 @@ class InvalidInput(UserError):
 
 class RunNotFound(UserError):
     """No run has that id."""
+
+
+class NotYours(UserError):
+    """The run or thread belongs to another owner."""
 
 
 class ConfigError(StepwiseError):

@@ -86,6 +86,12 @@ class LiveView:
     def _tool_failed(self, step: int, data: dict[str, Any], _event: Any) -> None:
         self._line(f"  ✗ {data['name']} failed: {_clip(data['error'])}\n")
 
+    def _tool_outcome_unknown(self, step: int, data: dict[str, Any], _event: Any) -> None:
+        self._line(f"  ? {data['name']}: outcome unknown (its worker died mid-call)\n")
+
+    def _run_resumed(self, _step: Any, data: dict[str, Any], _event: Any) -> None:
+        self._line(f"↻ resumed after {data['quiet_for']:.0f} s without progress\n")
+
     def _step_skipped(self, step: int, data: dict[str, Any], _event: Any) -> None:
         self._line(f"  ⊘ step {step} skipped: the run is {data['status']}\n")
 

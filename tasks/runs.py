@@ -15,7 +15,7 @@ from storage import TERMINAL, Run, Thread, Tx
 from storage.events import EVENT_FOR_STATUS, RUN_CANCEL_REQUESTED, RUN_QUEUED
 from storage.models import utcnow
 from tasks.agents import Agents
-from tasks.errors import InvalidInput, RunNotFound
+from tasks.errors import InvalidInput, NotYours, RunNotFound
 from tasks.runtime import Runtime
 
 
@@ -29,6 +29,7 @@ class NewRun:
     thread: str | None
     idempotency_key: str | None
     metadata: dict[str, Any]
+    owner: str | None = None
 
 
 def validate(
@@ -40,6 +41,7 @@ def validate(
     thread: Any = None,
     idempotency_key: Any = None,
     metadata: Any = None,
+    owner: Any = None,
     max_input_chars: int,
 ) -> NewRun:
     """Check a start request; raise a `UserError` that says what is wrong."""
@@ -59,7 +61,8 @@ def validate(
         run_id = str(uuid.uuid4())
     elif not isinstance(run_id, str) or not _is_uuid(run_id):
         raise InvalidInput(f"run_id must be a UUID string, got {run_id!r:.80}")
-    for name, value in (("thread", thread), ("idempotency_key", idempotency_key)):
+    named = (("thread", thread), ("idempotency_key", idempotency_key), ("owner", owner))
+    for name, value in named:
         if value is not None and (
             not isinstance(value, str) or not 0 < len(value) <= 200 or "\x00" in value
         ):
@@ -72,13 +75,12 @@ def validate(
         encoded = json.dumps(metadata, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as error:
         raise InvalidInput(f"metadata must be plain JSON: {error}") from None
-    checked = (("input", input), ("thread", thread), ("idempotency_key", idempotency_key))
-    for name, text in (*checked, ("metadata", encoded)):
+    for name, text in (("input", input), *named, ("metadata", encoded)):
         if text is not None and not _storable(text):
             raise InvalidInput(
                 f"{name} holds characters no database can store (NUL or lone surrogates)"
             )
-    return NewRun(str(uuid.UUID(run_id)), agent, input, thread, idempotency_key, metadata)
+    return NewRun(str(uuid.UUID(run_id)), agent, input, thread, idempotency_key, metadata, owner)
 
 
 def accept(
@@ -90,6 +92,7 @@ def accept(
     thread: Any = None,
     idempotency_key: Any = None,
     metadata: Any = None,
+    owner: Any = None,
 ) -> tuple[str, bool]:
     """Validate a start request and record it: `(run id, created)`; `UserError` if bad."""
     new = validate(
@@ -100,6 +103,7 @@ def accept(
         thread=thread,
         idempotency_key=idempotency_key,
         metadata=metadata,
+        owner=owner,
         max_input_chars=rt.settings.max_input_chars,
     )
     with rt.store.transaction() as tx:
@@ -132,14 +136,17 @@ def record(tx: Tx, new: NewRun) -> tuple[str, bool]:
     """Insert the run as `queued` (and its thread); `(run id, created)`.
 
     An existing run with the same id or idempotency key is returned instead, so
-    a retried request never starts a second run.
+    a retried request never starts a second run. A run or thread of another
+    owner is refused (`NotYours`), never returned or continued.
     """
     existing = _existing(tx.db, new)
     if existing is not None:
         return existing, False
     thread_id = new.thread or new.run_id
     # Lock an existing thread's row: two starts on one thread take turns at this check.
-    tx.db.exec(select(Thread).where(Thread.id == thread_id).with_for_update()).first()
+    thread = tx.db.exec(select(Thread).where(Thread.id == thread_id).with_for_update()).first()
+    if thread is not None and thread.owner != new.owner:
+        raise NotYours(f"thread {thread_id!r} belongs to another owner")
     active = tx.db.exec(
         select(Run.id).where(Run.thread_id == thread_id, col(Run.status).not_in(TERMINAL))
     ).first()
@@ -151,7 +158,7 @@ def record(tx: Tx, new: NewRun) -> tuple[str, bool]:
     try:
         with tx.db.begin_nested():
             if tx.db.get(Thread, thread_id) is None:
-                tx.db.add(Thread(id=thread_id))
+                tx.db.add(Thread(id=thread_id, owner=new.owner))
                 tx.db.flush()
             tx.db.add(
                 Run(
@@ -161,6 +168,7 @@ def record(tx: Tx, new: NewRun) -> tuple[str, bool]:
                     thread_id=thread_id,
                     idempotency_key=new.idempotency_key,
                     meta=new.metadata,
+                    owner=new.owner,
                 )
             )
             tx.db.flush()
@@ -174,13 +182,15 @@ def record(tx: Tx, new: NewRun) -> tuple[str, bool]:
 
 
 def _existing(db: Session, new: NewRun) -> str | None:
-    if db.get(Run, new.run_id) is not None:
-        return new.run_id
-    if new.idempotency_key is not None:
+    run = db.get(Run, new.run_id)
+    if run is None and new.idempotency_key is not None:
         run = db.exec(select(Run).where(Run.idempotency_key == new.idempotency_key)).first()
-        if run is not None:
-            return run.id
-    return None
+    if run is None:
+        return None
+    if run.owner != new.owner:
+        what = "run id" if run.id == new.run_id else "idempotency key"
+        raise NotYours(f"that {what} is taken by a run of another owner")
+    return run.id
 
 
 def locked_run(db: Session, run_id: str) -> Run:

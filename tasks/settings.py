@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from tasks.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,10 @@ class Settings:
     prices_file: str | None = None
     watchdog_grace: float = 60.0
     watchdog_max_resumes: int = 3
+    # The HTTP API (`stepwise serve`): bearer token → owner, and browser origins.
+    api_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    api_secret: str | None = field(default=None, repr=False)
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -40,9 +46,28 @@ class Settings:
             watchdog_max_resumes=int(
                 env.get("STEPWISE_WATCHDOG_MAX_RESUMES") or cls.watchdog_max_resumes
             ),
+            api_tokens=_tokens(env.get("STEPWISE_API_TOKENS", "")),
+            api_secret=env.get("STEPWISE_API_SECRET") or None,
+            cors_origins=tuple(
+                o.strip() for o in env.get("STEPWISE_CORS_ORIGINS", "").split(",") if o.strip()
+            ),
         )
 
     @property
     def embedded(self) -> bool:
         """True when no broker is configured: steps run in this process."""
         return self.broker_url is None
+
+
+def _tokens(text: str) -> tuple[tuple[str, str], ...]:
+    """`owner=token,owner=token` as (token, owner) pairs; `ConfigError` names a bad entry."""
+    pairs = []
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        owner, _, token = entry.partition("=")
+        if not owner.strip() or len(token.strip()) < 16:
+            raise ConfigError(
+                f"STEPWISE_API_TOKENS entry {owner.strip() or '?'}=…: "
+                "write owner=token, with a token of at least 16 characters"
+            )
+        pairs.append((token.strip(), owner.strip()))
+    return tuple(pairs)

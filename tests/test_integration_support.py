@@ -14,17 +14,23 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
 from tasks import Agent, ToolContext, tool
 
 AGENTS = "tests.agents,tests.test_integration_support"
+STEPWISE = str(Path(sys.executable).parent / "stepwise")
 GATES_ENV = "STEPWISE_TEST_GATES"
 # How long a tool waits for the test before it gives up (a failing test, never a hang).
 PATIENCE = 20.0
@@ -224,6 +230,34 @@ split = Agent(
     model_settings={"script": [_calls(("gate", {}), ("special", {})), {"text": "both done"}]},
 )
 
+# Held at a gate, then 40 parallel tool calls that each return a quarter of a megabyte,
+# then an answer streamed in 500 deltas: 10 MB in small pieces, more than twice what
+# Linux lets a socket's send buffer grow to by default (tcp_wmem: 4 MB), so a client
+# that stops reading is stuck long before the end of the run.
+RECITALS = 40
+ANSWER_WORDS = 500
+
+
+@tool
+def recite(ctx: ToolContext) -> str:
+    """A quarter of a megabyte of text."""
+    return f"step {ctx.step}: " + "~" * 250_000
+
+
+verbose = Agent(
+    name="verbose",
+    instructions="Wait at the gate, then say a lot.",
+    model="scripted:verbose",
+    tools=(gate, recite),
+    model_settings={
+        "script": [
+            _calls(("gate", {})),
+            _calls(*[("recite", {})] * RECITALS),
+            {"text": " ".join(f"word{i:03d}" for i in range(ANSWER_WORDS))},
+        ]
+    },
+)
+
 
 # Helpers for the test process.
 
@@ -346,3 +380,64 @@ def settle(database_url: str, run_id: str) -> list[dict[str, Any]]:
 
     rows: list[dict[str, Any]] = wait_until(f"the steps of run {run_id} to end", ended)
     return rows
+
+
+def free_port() -> int:
+    """A TCP port nothing on 127.0.0.1 listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Server:
+    """A real `stepwise serve` process on 127.0.0.1, and its log."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, log: Path, port: int, *options: str) -> None:
+        self.env = env
+        self.cwd = cwd
+        self.log = log
+        self.port = port
+        self.options = options
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        """Start it, and wait until it answers `GET /health`."""
+        command = [STEPWISE, "serve", "--port", str(self.port), *self.options]
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                command, cwd=self.cwd, env=self.env, stdout=sink, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 30
+        while not self._healthy():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"stepwise serve did not start:\n{self.output()[-3000:]}")
+            time.sleep(0.05)
+        return self
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def output(self) -> str:
+        """Everything the server has logged so far (from every start of it)."""
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies with its connections open, as in a crash."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()

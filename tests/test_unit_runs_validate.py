@@ -9,7 +9,7 @@ from sqlmodel import Session
 from providers import Providers
 from providers.prices import Prices
 from storage import Event, LocalFanout, Run, Store, Thread, make_engine, upgrade
-from tasks import InvalidInput, UnknownAgent, UserError
+from tasks import InvalidInput, NotYours, UnknownAgent, UserError
 from tasks.agents import Agents
 from tasks.demo import demo_agent
 from tasks.runs import NewRun, accept, validate
@@ -230,3 +230,31 @@ def test_accept_rejects_unstorable_values_with_a_user_error_and_writes_nothing(r
     with pytest.raises(UserError):
         accept(runtime, **{**GOOD, **overrides}, run_id=run_id)
     assert _rows(runtime, run_id) == 0
+
+
+def test_an_owner_must_be_a_short_plain_string():
+    for owner in ("", "x" * 201, 7, "a\x00b"):
+        with pytest.raises(InvalidInput, match="owner must be a string of 1 to 200 characters"):
+            _validate(owner=owner)
+    assert _validate(owner="alice").owner == "alice"
+
+
+def test_another_owners_run_id_idempotency_key_or_thread_is_refused_and_nothing_is_written(runtime):
+    run_id, key, thread = str(uuid.uuid4()), f"key-{uuid.uuid4()}", f"thread-{uuid.uuid4()}"
+    accept(runtime, **GOOD, run_id=run_id, idempotency_key=key, thread=thread, owner="alice")
+    with Session(runtime.store.engine) as db:  # accept() only records: end the run by hand
+        db.get(Run, run_id).status = "succeeded"  # so the thread is free for the next start
+        db.commit()
+
+    with pytest.raises(NotYours, match="run id is taken by a run of another owner"):
+        accept(runtime, **GOOD, run_id=run_id, owner="bob")
+    with pytest.raises(NotYours, match="idempotency key is taken by a run of another owner"):
+        accept(runtime, **GOOD, idempotency_key=key, owner="bob")
+    bobs = str(uuid.uuid4())
+    with pytest.raises(NotYours, match=f"thread '{thread}' belongs to another owner"):
+        accept(runtime, **GOOD, run_id=bobs, thread=thread, owner="bob")
+    assert _rows(runtime, bobs) == 0
+
+    assert accept(runtime, **GOOD, run_id=run_id, owner="alice") == (run_id, False)
+    again = str(uuid.uuid4())
+    assert accept(runtime, **GOOD, run_id=again, thread=thread, owner="alice") == (again, True)
