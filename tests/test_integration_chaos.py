@@ -100,6 +100,30 @@ def _event_logs(database_url: str, run_ids: list[str]) -> dict[str, list[tuple[i
     return logs
 
 
+def _stuck(database_url: str, run_ids: list[str], logs: Path) -> str:
+    """What a failed settle leaves to read: each unfinished run's last events, every log's end."""
+    lines = ["some runs never ended:"]
+    for run_id, log in _event_logs(database_url, run_ids).items():
+        run = client.get_run(run_id)
+        if not run.done:
+            lines.append(f"  {run_id} {run.status}: ... {[kind for _, kind in log[-6:]]}")
+    for path in sorted(logs.glob("*.log")):
+        tail = path.read_text(errors="replace").splitlines()[-40:]
+        lines += [f"--- the end of {path.name}:", *tail]
+    return "\n".join(lines)
+
+
+def _started(database_url: str, run_ids: list[str]) -> int:
+    """How many of the runs have stored a model call."""
+    rows = query(
+        database_url,
+        "SELECT count(DISTINCT run_id) FROM stepwise_events "
+        "WHERE run_id = ANY(%s) AND type = 'model.started'",
+        run_ids,
+    )
+    return int(rows[0][0])
+
+
 def _gaps(log: list[tuple[int, str]]) -> int:
     """Numbers missing from 1..n, plus terminal events that are not the one last event."""
     seqs = [seq for seq, _ in log]
@@ -127,19 +151,22 @@ def test_twenty_runs_through_six_random_sigkills_end_terminal_with_every_effect_
         current.kill()
         current = start_worker(worker, monkeypatch, tmp_path, extra_env=CHAOS_ENV, concurrency=4)
 
-    figures = settle_and_check(counters, run_ids)
+    figures = settle_and_check(counters, run_ids, tmp_path)
 
     assert all(client.get_run(r).status == "succeeded" for r in run_ids)
     print(f"\nchaos: {RUNS} runs, {KILLS} SIGKILLs (seed {SEED}): {figures}")
 
 
-def settle_and_check(database_url: str, run_ids: list[str]) -> str:
+def settle_and_check(database_url: str, run_ids: list[str], logs: Path) -> str:
     """Wait for every run to end, check the guarantees, and say what happened."""
 
     def all_ended() -> bool:
         return all(client.get_run(r).done for r in run_ids)
 
-    wait_until("every run to end", all_ended, within=180)
+    try:
+        wait_until("every run to end", all_ended, within=180)
+    except pytest.fail.Exception:
+        pytest.fail(_stuck(database_url, run_ids, logs))
 
     statuses = Counter(client.get_run(r).status for r in run_ids)
     logs = _event_logs(database_url, run_ids)
@@ -208,12 +235,12 @@ def test_runs_cancelled_at_random_moments_start_no_step_after_the_cancel(
 
 
 def test_runs_finish_after_their_redis_restarts_mid_run_and_forgets_every_message(
+    private_redis: RedisInstance,  # first: it outlives the worker and beat that use it
     worker: Any,
     counters: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     beat: Callable[..., None],
-    private_redis: RedisInstance,
 ) -> None:
     own = {
         "CELERY_BROKER_URL": private_redis.url,
@@ -221,9 +248,10 @@ def test_runs_finish_after_their_redis_restarts_mid_run_and_forgets_every_messag
         "STEPWISE_REDIS_URL": private_redis.url,
         "STEPWISE_REDIS_KEY_PREFIX": "",
     }
-    monkeypatch.setenv("STEPWISE_REDIS_URL", private_redis.url)
     beat(**own)
     start_worker(worker, monkeypatch, tmp_path, extra_env={**CHAOS_ENV, **own}, concurrency=4)
+    for key, value in own.items():  # Celery reads CELERY_BROKER_URL before its `broker`
+        monkeypatch.setenv(key, value)
     # This process's Celery app talks to the shared Redis: send by name, as any app can.
     sender = Celery(broker=private_redis.url)
     rt = current_runtime()
@@ -234,9 +262,9 @@ def test_runs_finish_after_their_redis_restarts_mid_run_and_forgets_every_messag
     follower = threading.Thread(target=lambda: seen.extend(client.follow(run_ids[-1], timeout=120)))
     follower.start()
 
-    time.sleep(0.8)  # some runs are mid-model, some mid-tool, some still queued
+    wait_until("some runs under way", lambda: _started(counters, run_ids) >= 3)
     private_redis.restart(down_for=1.0)  # it keeps nothing on disk: every message is gone
-    figures = settle_and_check(counters, run_ids)
+    figures = settle_and_check(counters, run_ids, tmp_path)
     follower.join(30)
 
     print(f"\nredis restart: 8 runs: {figures}")
@@ -248,11 +276,11 @@ def test_runs_finish_after_their_redis_restarts_mid_run_and_forgets_every_messag
 
 
 def test_runs_end_after_their_postgres_restarts_mid_run(
+    private_postgres: PostgresInstance,  # first: it outlives the worker and beat that use it
     worker: Any,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     beat: Callable[..., None],
-    private_postgres: PostgresInstance,
 ) -> None:
     own = {"STEPWISE_DATABASE_URL": private_postgres.url}
     monkeypatch.setenv("STEPWISE_DATABASE_URL", private_postgres.url)
@@ -263,7 +291,7 @@ def test_runs_end_after_their_postgres_restarts_mid_run(
 
     time.sleep(0.8)
     private_postgres.restart(down_for=2.0)  # connections break mid-step, new ones are refused
-    figures = settle_and_check(private_postgres.url, run_ids)
+    figures = settle_and_check(private_postgres.url, run_ids, tmp_path)
 
     print(f"\npostgres restart: 8 runs: {figures}")
     for run_id in run_ids:
