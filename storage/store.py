@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,12 +60,48 @@ class Tx:
         return event
 
 
+Observer = Callable[["Store", dict[str, Any]], None]
+
+
+class Observers:
+    """Callables told of each committed event (its payload) after the commit.
+
+    The one process-wide hook for metrics and traces, like a Celery signal: an
+    observer must be quick and must not write. One that raises is logged and
+    skipped, so the step goes on. With none registered, a commit costs nothing more.
+    """
+
+    def __init__(self) -> None:
+        self._all: tuple[Observer, ...] = ()  # replaced, never mutated: safe across threads
+
+    def add(self, observer: Observer) -> None:
+        """Register `observer`; a second registration of the same one does nothing."""
+        if observer not in self._all:
+            self._all = (*self._all, observer)
+
+    def remove(self, observer: Observer) -> None:
+        """Unregister `observer`, if it was registered."""
+        self._all = tuple(o for o in self._all if o != observer)
+
+    def notify(self, store: Store, payload: dict[str, Any]) -> None:
+        """Tell every observer of a committed event."""
+        for observer in self._all:
+            try:
+                observer(store, payload)
+            except Exception:
+                log.exception("event observer %r failed on %s", observer, payload.get("type"))
+
+
+OBSERVERS = Observers()
+
+
 class Store:
     """The database and the fan-out together."""
 
-    def __init__(self, engine: Engine, fanout: Fanout) -> None:
+    def __init__(self, engine: Engine, fanout: Fanout, observers: Observers = OBSERVERS) -> None:
         self.engine = engine
         self.fanout = fanout
+        self.observers = observers
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
@@ -75,7 +111,9 @@ class Store:
             yield tx
             db.commit()
         for event in tx.outbox:
-            self.fanout.publish(event.run_id, event_payload(event))
+            payload = event_payload(event)
+            self.fanout.publish(event.run_id, payload)
+            self.observers.notify(self, payload)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

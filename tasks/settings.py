@@ -27,6 +27,13 @@ class Settings:
     api_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     api_secret: str | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
+    # Observability (docs/observability.md): Prometheus metrics, JSON logs, traces.
+    metrics_port: int | None = None
+    metrics_addr: str = "0.0.0.0"
+    metrics_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR: prefork workers need one
+    log_format: str = "text"
+    traces_exporters: tuple[str, ...] = ()  # from the standard OTEL_* variables
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # values logs never show
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -51,6 +58,13 @@ class Settings:
             cors_origins=tuple(
                 o.strip() for o in env.get("STEPWISE_CORS_ORIGINS", "").split(",") if o.strip()
             ),
+            metrics_port=_port(env.get("STEPWISE_METRICS_PORT", "")),
+            metrics_addr=env.get("STEPWISE_METRICS_ADDR") or cls.metrics_addr,
+            metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+            log_format=(log_format := _log_format(env.get("STEPWISE_LOG_FORMAT", ""))),
+            traces_exporters=(exporters := _traces_exporters(env)),
+            # Only JSON logs and spans scrub secrets: otherwise nobody pays for the scan.
+            secrets=_secrets(env) if log_format == "json" or exporters else (),
         )
 
     @property
@@ -71,3 +85,60 @@ def _tokens(text: str) -> tuple[tuple[str, str], ...]:
             )
         pairs.append((token.strip(), owner.strip()))
     return tuple(pairs)
+
+
+def _port(text: str) -> int | None:
+    """STEPWISE_METRICS_PORT: unset, or a TCP port."""
+    if not text.strip():
+        return None
+    if not text.strip().isdigit() or not 0 < int(text) < 65536:
+        raise ConfigError(f"STEPWISE_METRICS_PORT={text!r}: give a TCP port, 1 to 65535")
+    return int(text)
+
+
+def _log_format(text: str) -> str:
+    """STEPWISE_LOG_FORMAT: `text` (Celery's own format) or `json` (one object per line)."""
+    value = text.strip().lower() or "text"
+    if value not in ("text", "json"):
+        raise ConfigError(f"STEPWISE_LOG_FORMAT={text!r}: write text or json")
+    return value
+
+
+def _traces_exporters(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The trace exporters the standard OTEL_* variables ask for; none unless some are set.
+
+    OTEL_TRACES_EXPORTER names them (`otlp`, `console`, …; `none` for none); an OTLP
+    endpoint alone means `otlp`; OTEL_SDK_DISABLED=true turns everything off. Names
+    are the SDK's entry points: `otlp` becomes `otlp_proto_http`, or `otlp_proto_grpc`
+    when OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL is `grpc`.
+    """
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return ()
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", ""
+    )
+    otlp = "otlp_proto_grpc" if protocol.strip().lower() == "grpc" else "otlp_proto_http"
+    named = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "").split(",")]
+    named = [otlp if n == "otlp" else n for n in named if n]
+    if named:
+        return () if "none" in named else tuple(dict.fromkeys(named))
+    endpoints = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    return (otlp,) if any(env.get(name, "").strip() for name in endpoints) else ()
+
+
+_SECRET_SUFFIXES = ("_KEY", "_SECRET", "_TOKEN", "_PASSWORD")
+
+
+def _secrets(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Values the logs must never show: OPENAI_API_KEY, ANTHROPIC_API_KEY and every other
+    `*_KEY`, `*_SECRET`, `*_TOKEN` or `*_PASSWORD` variable, and the API tokens."""
+    found = [
+        value.strip()
+        for name, value in env.items()
+        if name.upper().endswith(_SECRET_SUFFIXES) and len(value.strip()) >= 8
+    ]
+    for entry in env.get("STEPWISE_API_TOKENS", "").split(","):
+        token = entry.partition("=")[2].strip()
+        if len(token) >= 8:
+            found.append(token)
+    return tuple(sorted(set(found), key=lambda s: (-len(s), s)))

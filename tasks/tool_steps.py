@@ -8,6 +8,7 @@ same effect id; any other call ends as `outcome_unknown` and is not run twice.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import uuid
@@ -164,7 +165,9 @@ def _within(timeout: float, call: Any, thread_name: str) -> str:
         except BaseException as error:
             future.set_exception(error)
 
-    threading.Thread(target=run, name=thread_name, daemon=True).start()
+    # The tool sees the step's context variables: its log lines name the run and the step.
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(run,), name=thread_name, daemon=True).start()
     return future.result(timeout)
 
 
