@@ -56,6 +56,21 @@ beat_schedule = {
     },
 }
 
+# Scheduled runs (docs/schedules.md) join this in every process, from `stepwise_schedules`
+# below and from the `Schedule`s of the STEPWISE_AGENTS modules. Dicts here, e.g.
+#   {"name": "nightly", "agent": "reporter", "cron": "0 3 * * *", "input": "...",
+#    "owner": "ops", "overlap": "skip"}
+stepwise_schedules: list[dict[str, object]] = []
+
+# Beat wakes at least every 5 s, so a RedBeat lock (below) never lapses between ticks.
+beat_max_loop_interval = 5
+# RedBeat (`celery -A tasks beat -S redbeat.RedBeatScheduler`, the `redbeat` extra): the
+# schedule and a lock live in Redis, so a second beat waits as a standby instead of
+# sending every tick again. It takes over within the lock timeout when the first dies.
+redbeat_redis_url = os.environ.get("STEPWISE_REDBEAT_URL") or _redis or result_backend
+redbeat_key_prefix = os.environ.get("STEPWISE_REDIS_KEY_PREFIX", "") + "redbeat:"
+redbeat_lock_timeout = int(os.environ.get("STEPWISE_REDBEAT_LOCK_TIMEOUT", "30"))
+
 # Model calls wait on the network (a thread or gevent pool with high concurrency);
 # tools get their own workers. `celery -A tasks worker` with no -Q consumes all three.
 task_default_queue = "celery"

@@ -2,7 +2,7 @@
 
 from storage.db import SchemaOutOfDate, check_schema, make_engine, upgrade
 from storage.fanout import Fanout, LocalFanout, RedisFanout
-from storage.models import TERMINAL, Event, Run, Step, Thread, ThreadMessage
+from storage.models import TERMINAL, Event, Run, ScheduleTick, Step, Thread, ThreadMessage
 from storage.store import Store, Tx, event_payload
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "LocalFanout",
     "RedisFanout",
     "Run",
+    "ScheduleTick",
     "SchemaOutOfDate",
     "Step",
     "Store",

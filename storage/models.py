@@ -139,3 +139,20 @@ class ThreadMessage(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+
+
+class ScheduleTick(SQLModel, table=True):
+    """One tick of a beat schedule: its key is unique, so a tick starts at most one run."""
+
+    __tablename__ = "stepwise_schedule_ticks"
+
+    schedule: str = Field(primary_key=True, max_length=100)
+    tick: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
+    # started; queued (behind an unfinished run); skipped (an earlier run was unfinished)
+    outcome: str = Field(max_length=16)
+    run_id: str | None = Field(
+        default=None, foreign_key="stepwise_runs.id", index=True, max_length=36
+    )
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )

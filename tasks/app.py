@@ -10,17 +10,20 @@ import logging
 import os
 import random
 import time
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from celery import Celery, Task, chain, chord
 from celery.canvas import Signature
-from celery.signals import worker_init, worker_process_init
+from celery.signals import beat_init, worker_init, worker_process_init
 
 from providers.errors import Retryable
-from tasks import records, runs, steps, timing, tool_steps, watchdog
+from storage.models import utcnow
+from tasks import records, runs, schedules, steps, timing, tool_steps, watchdog
 from tasks.agents import Agents
 from tasks.demo import demo_agent
-from tasks.errors import UserError
+from tasks.errors import ConfigError, StepFailed, UserError
+from tasks.observability import observe
 from tasks.runtime import Runtime, current_runtime, forget_runtimes
 from tasks.settings import Settings
 
@@ -28,8 +31,13 @@ log = logging.getLogger(__name__)
 
 app = Celery("stepwise")
 app.config_from_object("celeryconfig")
+observe(app)  # metrics, traces and JSON logs, each only when configured (docs/observability.md)
 
 MAX_RETRIES = 8
+# A run queued behind an earlier run of its schedule looks again after 1 s, then
+# ever less often, up to every 5 s; it waits for as long as the earlier run takes.
+QUEUE_POLL_MAX = 5.0
+QUEUE_WAIT_RETRIES = 10**9  # Celery reads max_retries=None as "the default", 3
 # A model step whose tool round is unfinished checks again every 0.5 s, for up to an hour.
 WAIT_FOR_TOOLS = 7200
 _DATABASE_DOWN = records.DATABASE_DOWN
@@ -125,6 +133,11 @@ def start_run(
             run_id = _accept(rt, run_id, fields, unexpected)
         if not runs.is_uuid(run_id):
             raise UserError("stepwise.start_run needs a UUID run_id, or an agent and an input")
+        behind = schedules.waiting_behind(rt, run_id)
+        if behind is not None:  # its schedule queues runs: this one starts after `behind`
+            waiting = schedules.Waiting(f"run {run_id} waits for run {behind} of its schedule")
+            poll = min(QUEUE_POLL_MAX, 1.0 + self.request.retries / 4)
+            _retry(self, poll, waiting, max_retries=QUEUE_WAIT_RETRIES)
         _send_next(self, rt, run_id, steps.start(rt, run_id))
         return run_id
     except _DATABASE_DOWN as error:
@@ -149,10 +162,13 @@ def model_step(self: Task, run_id: str, number: int) -> None:
     rt = current_runtime()
     try:
         after = steps.model_step(rt, run_id, number, _where(self))
+    except StepFailed:
+        raise  # recorded: the task fails with the reason for Flower, and nothing retries it
     except Retryable as error:
         if self.request.retries >= MAX_RETRIES:
-            _give_up(rt, run_id, number, f"model step {number} gave up after retries", error)
-            return
+            reason = f"model step {number} gave up after retries"
+            _give_up(rt, run_id, number, reason, error)
+            raise StepFailed(f"{reason}: {error}") from error
         countdown = (
             min(error.retry_after, timing.MAX_COUNTDOWN)
             if error.retry_after is not None
@@ -162,8 +178,9 @@ def model_step(self: Task, run_id: str, number: int) -> None:
         _retry(self, countdown, error)
     except records.NotReady as error:
         if self.request.retries >= WAIT_FOR_TOOLS:
-            _give_up(rt, run_id, number, "the tool round before it never finished", error)
-            return
+            reason = "the tool round before it never finished"
+            _give_up(rt, run_id, number, reason, error)
+            raise StepFailed(f"model step {number}: {reason}") from error
         _retry(self, 0.5, error, max_retries=WAIT_FOR_TOOLS)
     except _DATABASE_DOWN as error:
         _retry(self, backoff(self.request.retries), error)
@@ -209,6 +226,65 @@ def watchdog_sweep(self: Task) -> int:
             # The next sweep finds the run quiet again and sends it once more.
             log.exception("watchdog: could not resume run %s", found.run_id)
     return len(resumed)
+
+
+class _Stamped(Task):  # type: ignore[misc]
+    """Stamps the tick a beat message fires for, so every beat sends the same key for it."""
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        kwargs = dict(kwargs or {})
+        if kwargs.get("tick") is None:
+            window = float(kwargs.get("window") or schedules.CRON_WINDOW)
+            kwargs["tick"] = schedules.tick_of(window, utcnow()).isoformat()
+        return super().apply_async(args, kwargs, **options)
+
+
+@app.task(name=schedules.TASK, bind=True, base=_Stamped, acks_late=True)
+def scheduled_run(self: Task, schedule: str, tick: str | None = None, window: float = 0) -> str:
+    """Start the run of a schedule's tick, as its overlap policy says (Celery beat sends this)."""
+    rt = current_runtime()
+    try:
+        found = known_schedules(rt.settings).get(schedule)
+        at = datetime.fromisoformat(tick) if tick else schedules.tick_of(found.window, utcnow())
+        fired = schedules.fire(rt, found, at.astimezone(UTC))
+    except _DATABASE_DOWN as error:
+        _retry(self, backoff(self.request.retries), error)
+    what = f"schedule {schedule}, tick {at.isoformat()}"
+    if fired.outcome == "skipped":
+        log.info("%s: skipped, as run %s has not ended", what, fired.behind[0])
+    elif fired.run_id is not None and fired.outcome != "duplicate":
+        log.info("%s: %s run %s", what, fired.outcome, fired.run_id)
+        try:
+            watchdog_dispatch(rt, watchdog.Resume(fired.run_id, start=True))
+        except Exception:  # the run is recorded: the watchdog sends it later
+            log.exception("%s: could not send run %s", what, fired.run_id)
+    return fired.outcome
+
+
+def known_schedules(settings: Settings) -> schedules.Schedules:
+    """The schedules of the agent modules and of the Celery configuration."""
+    return schedules.Schedules.load(settings.agents_modules, app.conf.get("stepwise_schedules"))
+
+
+@app.on_after_finalize.connect
+def _beat_entries(sender: Celery, **_: Any) -> None:
+    """Add every schedule to beat's `beat_schedule` (before a beat reads it)."""
+    try:
+        found = known_schedules(Settings.from_env())
+    except ConfigError as error:  # beat refuses to start on it (below); others go on
+        log.error("stepwise: %s", error)
+        return
+    sender.conf.beat_schedule = {**(sender.conf.beat_schedule or {}), **found.beat_entries()}
+
+
+@beat_init.connect
+def _check_schedules(**_: Any) -> None:
+    """Refuse to start a beat whose schedules are declared wrong."""
+    try:
+        found = known_schedules(Settings.from_env())
+    except ConfigError as error:
+        raise SystemExit(f"stepwise: {error}") from None
+    log.info("stepwise: %d schedule(s): %s", len(list(found)), ", ".join(s.name for s in found))
 
 
 def watchdog_dispatch(rt: Runtime, found: watchdog.Resume) -> None:

@@ -20,10 +20,12 @@ from providers.scripted import STAND_IN_NOTICE
 from providers.types import Usage
 from storage import SchemaOutOfDate, make_engine, upgrade
 from tasks import client
-from tasks.app import watchdog_sweep
+from tasks.app import known_schedules, watchdog_sweep
 from tasks.errors import ConfigError, UserError, WaitTimeout
 from tasks.render import LiveView
 from tasks.runtime import current_runtime
+from tasks.schedules import check_agents as schedule_problems
+from tasks.schedules import overview
 from tasks.settings import Settings
 
 OK, NOT_SUCCEEDED, BAD_INPUT, MISCONFIGURED = 0, 1, 2, 3
@@ -259,6 +261,40 @@ def agents() -> None:
     for agent in current_runtime().agents:
         tools = ", ".join(t.name for t in agent.tools) or "no tools"
         typer.echo(f"{agent.name:<20} {agent.model:<32} {tools}")
+
+
+@cli.command()
+@_errors_exit
+def schedules(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per schedule.")] = False,
+) -> None:
+    """List the beat schedules with their next fire time and last run."""
+    rt = current_runtime()
+    known = known_schedules(rt.settings)
+    for problem in schedule_problems(rt, known):
+        typer.echo(f"warning: {problem}", err=True)
+    for item in overview(rt, known):
+        s, tick, last = item.schedule, item.last_tick, item.last_run
+        if as_json:
+            data = {
+                "name": s.name,
+                "when": s.describe(),
+                "agent": s.agent,
+                "owner": s.owner,
+                "overlap": s.overlap,
+                "next_fire": item.next_fire.isoformat(),
+                "last_tick": tick.tick.isoformat() if tick else None,
+                "last_outcome": tick.outcome if tick else None,
+                "last_run": last.id if last else None,
+                "last_run_status": last.status if last else None,
+            }
+            typer.echo(json.dumps(data))
+            continue
+        ran = f"{last.id} {last.status}" if last else "no run yet"
+        typer.echo(
+            f"{s.name:<20} {s.describe():<20} {s.agent:<16} {s.overlap:<16} "
+            f"next {item.next_fire:%Y-%m-%d %H:%M:%S}Z  last {ran}"
+        )
 
 
 @db_cli.command("upgrade")

@@ -11,6 +11,7 @@ StepwiseError                     (providers.errors) the root
 │   ├── RunNotFound
 │   └── NotYours                  the run or thread belongs to another owner
 ├── ConfigError                   fix your code: a misconfigured agent, tool or setting
+├── StepFailed                    a step failed its run (recorded); its Celery task fails with it
 └── WaitTimeout                   `wait()` gave up before the run ended (also a TimeoutError)
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "ProviderError",
     "Retryable",
     "RunNotFound",
+    "StepFailed",
     "StepwiseError",
     "UnknownAgent",
     "UserError",
@@ -66,3 +68,7 @@ class ConfigError(StepwiseError):
 
 class WaitTimeout(StepwiseError, TimeoutError):
     """The run did not end within the time `wait()` was given."""
+
+
+class StepFailed(StepwiseError):
+    """A step failed its run, which is recorded already; the step's Celery task fails with it."""

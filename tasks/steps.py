@@ -37,7 +37,7 @@ from storage.events import (
 from storage.models import utcnow
 from tasks import loop
 from tasks.agents import Agent
-from tasks.errors import UnknownAgent
+from tasks.errors import StepFailed, UnknownAgent
 from tasks.records import (
     NOTHING,
     Next,
@@ -100,47 +100,17 @@ def start(rt: Runtime, run_id: str) -> Next:
 
 
 def model_step(rt: Runtime, run_id: str, number: int, where: Where) -> Next:
-    """Call the model once, record its response, and decide what follows."""
-    with rt.store.transaction() as tx:
-        run = locked_run(tx.db, run_id)
-        step = step_of(tx.db, run_id, number)
-        if step.status == "succeeded":
-            return _continuation(rt, tx.db, run, step)
-        if stopped(tx, run, step):
-            return NOTHING
-        try:
-            agent = rt.agents.get(run.agent)
-        except UnknownAgent as error:
-            end_step(tx, step, "failed", error=str(error))
-            finish(tx, run, "failed", reason=f"{error} (on this worker)")
-            return NOTHING
-        if not add_tool_results(tx.db, run, number):
-            raise NotReady(f"run {run_id}: the tool round before step {number} is still running")
-        streak, last_error = invalid_streak(tx.db, run_id)
-        if streak >= agent.max_invalid_turns:
-            reason = (
-                f"the model asked for an invalid tool call {streak} turn(s) in a row "
-                f"(max_invalid_turns={agent.max_invalid_turns}); the last: {last_error}"
-            )
-            end_step(tx, step, "failed", error=reason)
-            finish(tx, run, "failed", reason=reason)
-            return NOTHING
-        interrupted = step.status == "running"  # an earlier attempt died mid-call
-        if not claim(step, where, agent.step_timeout):
-            return NOTHING  # another copy of this step is running it
-        tx.db.add(step)
-        if interrupted:
-            _retract(tx, run_id, number, step.attempts - 1, "the earlier attempt was interrupted")
-        attempt = step.attempts
-        tx.emit(run_id, MODEL_STARTED, {"model": agent.model, "attempt": attempt}, number)
-        request = ModelRequest(
-            model=agent.model,
-            instructions=agent.instructions,
-            messages=conversation(tx.db, run.thread_id),
-            tools=tuple(t.spec() for t in agent.tools),
-            settings=dict(agent.model_settings),
-        )
+    """Call the model once, record its response, and decide what follows.
 
+    A step that fails its run records the failure, then raises `StepFailed` with
+    the reason, so its Celery task fails readably (in Flower) and nothing retries.
+    """
+    begun = _begin(rt, run_id, number, where)
+    if isinstance(begun, Next):
+        return begun
+    if isinstance(begun, str):
+        raise StepFailed(begun)
+    agent, request, attempt = begun
     streamed = 0
 
     def on_delta(delta: Delta) -> None:
@@ -155,13 +125,60 @@ def model_step(rt: Runtime, run_id: str, number: int, where: Where) -> Next:
         _release(rt, run_id, number, retract=streamed > 0)
         raise
     except Fatal as error:
+        reason = f"model step {number} failed: {error}"
         with rt.store.transaction() as tx:
             run = locked_run(tx.db, run_id)
             step = step_of(tx.db, run_id, number)
             end_step(tx, step, "failed", error=str(error))
-            finish(tx, run, "failed", reason=f"model step {number} failed: {error}")
-        return NOTHING
+            finish(tx, run, "failed", reason=reason)
+        raise StepFailed(reason) from error
     return recorded(lambda: _record_response(rt, run_id, number, agent, response))
+
+
+def _begin(
+    rt: Runtime, run_id: str, number: int, where: Where
+) -> Next | str | tuple[Agent, ModelRequest, int]:
+    """Claim the step: what follows when there is nothing to call, the reason when the
+    run failed here, else the agent, the request and the attempt's number."""
+    with rt.store.transaction() as tx:
+        run = locked_run(tx.db, run_id)
+        step = step_of(tx.db, run_id, number)
+        if step.status == "succeeded":
+            return _continuation(rt, tx.db, run, step)
+        if stopped(tx, run, step):
+            return NOTHING
+        try:
+            agent = rt.agents.get(run.agent)
+        except UnknownAgent as error:
+            end_step(tx, step, "failed", error=str(error))
+            finish(tx, run, "failed", reason=f"{error} (on this worker)")
+            return f"{error} (on this worker)"
+        if not add_tool_results(tx.db, run, number):
+            raise NotReady(f"run {run_id}: the tool round before step {number} is still running")
+        streak, last_error = invalid_streak(tx.db, run_id)
+        if streak >= agent.max_invalid_turns:
+            reason = (
+                f"the model asked for an invalid tool call {streak} turn(s) in a row "
+                f"(max_invalid_turns={agent.max_invalid_turns}); the last: {last_error}"
+            )
+            end_step(tx, step, "failed", error=reason)
+            finish(tx, run, "failed", reason=reason)
+            return reason
+        interrupted = step.status == "running"  # an earlier attempt died mid-call
+        if not claim(step, where, agent.step_timeout):
+            return NOTHING  # another copy of this step is running it
+        tx.db.add(step)
+        if interrupted:
+            _retract(tx, run_id, number, step.attempts - 1, "the earlier attempt was interrupted")
+        tx.emit(run_id, MODEL_STARTED, {"model": agent.model, "attempt": step.attempts}, number)
+        request = ModelRequest(
+            model=agent.model,
+            instructions=agent.instructions,
+            messages=conversation(tx.db, run.thread_id),
+            tools=tuple(t.spec() for t in agent.tools),
+            settings=dict(agent.model_settings),
+        )
+        return agent, request, step.attempts
 
 
 def _retract(tx: Tx, run_id: str, number: int, attempt: int, reason: str) -> None:

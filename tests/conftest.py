@@ -197,3 +197,38 @@ def worker(distributed: dict[str, str], tmp_path: Path) -> Iterator[Callable[...
     yield start
     for w in started:
         w.stop()
+
+
+@pytest.fixture
+def beat(
+    distributed: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Starts real `celery beat` processes, each with its own log and schedule file."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(scheduler: str | None = None, **extra_env: str) -> subprocess.Popen[bytes]:
+        name = f"beat-{len(started)}"
+        env = {**os.environ, **distributed, "PYTHONPATH": str(ROOT), **extra_env}
+        command = [
+            sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel=INFO",
+            "-s", str(tmp_path / f"{name}-schedule"), *(["-S", scheduler] if scheduler else []),
+        ]  # fmt: skip
+        with (tmp_path / f"{name}.log").open("wb") as sink:
+            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=sink)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        stop_beat(process)
+
+
+def stop_beat(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)

@@ -10,14 +10,11 @@ marked outcome_unknown: never 2. The figures go to the test's output (`-s`).
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +24,6 @@ from celery import Celery
 
 from tasks import client, runs
 from tasks.runtime import current_runtime
-from tests.conftest import ROOT
 from tests.test_integration_support import query, start_worker, wait_until
 
 if TYPE_CHECKING:
@@ -61,31 +57,9 @@ def counters(database_url: str) -> str:
     return make_counters(database_url)
 
 
-@pytest.fixture
-def beat(distributed: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., None]]:
-    """Starts Celery beat, sending the watchdog every second; stops it after the test."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(**extra_env: str) -> None:
-        env = {
-            **os.environ,
-            **distributed,
-            **CHAOS_ENV,
-            "PYTHONPATH": str(ROOT),
-            "STEPWISE_WATCHDOG_INTERVAL": "1",
-            **extra_env,
-        }
-        command = [
-            sys.executable, "-m", "celery", "-A", "tasks", "beat",
-            "-s", str(tmp_path / "beat-schedule"), "--loglevel=WARNING",
-        ]  # fmt: skip
-        with (tmp_path / "beat.log").open("wb") as sink:
-            started.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=sink))
-
-    yield start
-    for process in started:
-        process.terminate()
-        process.wait(15)
+def watchdog_beat(beat: Callable[..., Any], **env: str) -> None:
+    """A real beat sending the watchdog every second, with the chaos settings."""
+    beat(**CHAOS_ENV, STEPWISE_WATCHDOG_INTERVAL="1", **env)
 
 
 def _event_logs(database_url: str, run_ids: list[str]) -> dict[str, list[tuple[int, str]]]:
@@ -140,10 +114,10 @@ def test_twenty_runs_through_six_random_sigkills_end_terminal_with_every_effect_
     counters: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-    beat: Callable[..., None],
+    beat: Callable[..., Any],
 ) -> None:
     chance = random.Random(SEED)
-    beat()
+    watchdog_beat(beat)
     current = start_worker(worker, monkeypatch, tmp_path, extra_env=CHAOS_ENV, concurrency=4)
     run_ids = [client.start_run("chaotic", f"bump {i}") for i in range(RUNS)]
     for _ in range(KILLS):
@@ -240,7 +214,7 @@ def test_runs_finish_after_their_redis_restarts_mid_run_and_forgets_every_messag
     counters: str,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-    beat: Callable[..., None],
+    beat: Callable[..., Any],
 ) -> None:
     own = {
         "CELERY_BROKER_URL": private_redis.url,
@@ -248,7 +222,7 @@ def test_runs_finish_after_their_redis_restarts_mid_run_and_forgets_every_messag
         "STEPWISE_REDIS_URL": private_redis.url,
         "STEPWISE_REDIS_KEY_PREFIX": "",
     }
-    beat(**own)
+    watchdog_beat(beat, **own)
     start_worker(worker, monkeypatch, tmp_path, extra_env={**CHAOS_ENV, **own}, concurrency=4)
     for key, value in own.items():  # Celery reads CELERY_BROKER_URL before its `broker`
         monkeypatch.setenv(key, value)
@@ -280,12 +254,12 @@ def test_runs_end_after_their_postgres_restarts_mid_run(
     worker: Any,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-    beat: Callable[..., None],
+    beat: Callable[..., Any],
 ) -> None:
     own = {"STEPWISE_DATABASE_URL": private_postgres.url}
     monkeypatch.setenv("STEPWISE_DATABASE_URL", private_postgres.url)
     make_counters(private_postgres.url)
-    beat(**own)
+    watchdog_beat(beat, **own)
     start_worker(worker, monkeypatch, tmp_path, extra_env={**CHAOS_ENV, **own}, concurrency=4)
     run_ids = [client.start_run("chaotic", f"bump {i}") for i in range(8)]
 

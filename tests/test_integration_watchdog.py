@@ -7,10 +7,6 @@ a start message deleted from Redis) and let the watchdog find it.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +24,7 @@ from tasks.app import watchdog_dispatch
 from tasks.cli import cli
 from tasks.records import Next, append
 from tasks.runtime import Runtime, current_runtime
-from tests.conftest import KEY_PREFIX, REDIS_URL, ROOT
+from tests.conftest import KEY_PREFIX, REDIS_URL
 from tests.test_integration_support import (
     events,
     start_worker,
@@ -162,30 +158,10 @@ def test_the_watchdog_starts_a_run_whose_start_message_was_lost(
     assert kinds.count("model.started") == 2  # two model steps, each called once
 
 
-@pytest.fixture
-def beat(distributed: dict[str, str], tmp_path: Path) -> Iterator[Any]:
-    """Celery beat, sending `stepwise.watchdog` every second."""
-    env = {
-        **os.environ,
-        **distributed,
-        "PYTHONPATH": str(ROOT),
-        "STEPWISE_WATCHDOG_INTERVAL": "1",
-    }
-    log = tmp_path / "beat.log"
-    command = [
-        sys.executable, "-m", "celery", "-A", "tasks", "beat",
-        "-s", str(tmp_path / "beat-schedule"), "--loglevel=INFO",
-    ]  # fmt: skip
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=sink)
-    yield process
-    process.terminate()
-    process.wait(15)
-
-
 def test_beat_runs_the_watchdog_which_resumes_a_run_whose_worker_died_mid_tool(
     worker: Any, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, beat: Any
 ) -> None:
+    beat(STEPWISE_WATCHDOG_INTERVAL="1")
     quick = {"STEPWISE_WATCHDOG_GRACE": "1"}
     doomed = start_worker(worker, monkeypatch, tmp_path, extra_env=quick)
     run_id = client.start_run("gated_briefly", "wait at the gate")

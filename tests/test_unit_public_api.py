@@ -62,6 +62,7 @@ EXPECTED = {
         "LocalFanout",
         "RedisFanout",
         "Run",
+        "ScheduleTick",
         "SchemaOutOfDate",
         "Step",
         "Store",
