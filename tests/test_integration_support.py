@@ -441,3 +441,67 @@ class Server:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class Flower:
+    """A real `celery -A tasks flower` process with basic auth, and its HTTP API."""
+
+    def __init__(self, env: dict[str, str], log: Path, port: int, user: str, password: str) -> None:
+        self.env = {**env, "FLOWER_BASIC_AUTH": f"{user}:{password}"}
+        self.log = log
+        self.port = port
+        self.auth = (user, password)
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, cwd: Path) -> Flower:
+        """Start it in `cwd` and wait until it answers `GET /healthcheck`."""
+        command = [
+            sys.executable, "-m", "celery", "-A", "tasks", "flower",
+            f"--port={self.port}", "--address=127.0.0.1",
+        ]  # fmt: skip
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env=self.env, stdout=sink, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 30
+        while not self._healthy():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"flower did not start:\n{self.output()[-3000:]}")
+            time.sleep(0.05)
+        return self
+
+    def _healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthcheck", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def api(self, path: str, **params: str) -> Any:
+        """GET an API path with the credentials; its JSON."""
+        response = httpx.get(f"{self.url}{path}", params=params, auth=self.auth, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def wait_for_worker(self, hostname: str) -> None:
+        """Wait until Flower has heard the worker's events: from then on it sees every task."""
+        wait_until(
+            f"flower to see worker {hostname}",
+            lambda: self.api("/api/workers", status="true").get(hostname),
+            within=30,
+        )
+
+    def output(self) -> str:
+        """Everything Flower has logged so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
