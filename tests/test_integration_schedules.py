@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,123 +32,141 @@ def schedule_module(monkeypatch: pytest.MonkeyPatch, folder: Path, line: str) ->
     return {"STEPWISE_AGENTS": f"{AGENTS},{name}", "PYTHONPATH": f"{ROOT}:{folder}"}
 
 
-def prepare(worker: Any, monkeypatch: pytest.MonkeyPatch, gates: Path, line: str) -> dict[str, str]:
-    """A worker that knows the schedule in `line`; the environment a beat needs for it."""
-    env = schedule_module(monkeypatch, gates, line)
-    start_worker(worker, monkeypatch, gates, extra_env=env)
-    monkeypatch.setenv("STEPWISE_AGENTS", env["STEPWISE_AGENTS"])
-    return env
+@dataclass
+class Plan:
+    """One test's one-second schedule, a worker that knows it, and the beats sending it."""
+
+    name: str
+    env: dict[str, str]
+    database_url: str
+    gates: Path
+    beat: Callable[..., Any]
+    beats: list[Any] = field(default_factory=list)
+
+    def send(self, count: int = 1, scheduler: str | None = None) -> None:
+        """Start `count` beats (one too many is a mistake the ticks survive)."""
+        self.beats += [self.beat(scheduler, **self.env) for _ in range(count)]
+
+    def stop(self) -> None:
+        for process in self.beats:
+            stop_beat(process)
+
+    def ticks(self) -> list[tuple[Any, ...]]:
+        """(tick, outcome, run id, run status, started, finished) per tick, oldest first."""
+        return query(
+            self.database_url,
+            "SELECT t.tick, t.outcome, r.id, r.status, r.started_at, r.finished_at "
+            "FROM stepwise_schedule_ticks t LEFT JOIN stepwise_runs r ON r.id = t.run_id "
+            "WHERE t.schedule = %s ORDER BY t.tick",
+            self.name,
+        )
+
+    def started(self) -> list[tuple[Any, ...]]:
+        """The ticks that recorded a run."""
+        return [t for t in self.ticks() if t[2] is not None]
+
+    def until(self, what: str, check: Callable[[], bool]) -> None:
+        """Let the beats send until `check` holds, then stop them."""
+        wait_until(what, check, within=60)
+        self.stop()
+
+    def settle(self) -> list[tuple[Any, ...]]:
+        """Open every run's gate, wait until every run has ended; the ticks with a run."""
+
+        def ended() -> bool:
+            found = self.started()
+            for t in found:
+                (self.gates / f"{t[2]}.open").touch()
+            return all(t[3] in TERMINAL for t in found)
+
+        wait_until("every scheduled run to end", ended, within=60)
+        return self.started()
+
+    def sent(self, beat_number: int) -> int:
+        """How many times beat number `beat_number` sent the schedule's tick."""
+        log = (self.gates / f"beat-{beat_number}.log").read_text(errors="replace")
+        return log.count(f"Sending due task {ENTRY_PREFIX}{self.name} ")
 
 
-def ticks(database_url: str, name: str) -> list[tuple[Any, ...]]:
-    """(tick, outcome, run id, run status, started, finished) per tick, oldest first."""
-    return query(
-        database_url,
-        "SELECT t.tick, t.outcome, r.id, r.status, r.started_at, r.finished_at "
-        "FROM stepwise_schedule_ticks t LEFT JOIN stepwise_runs r ON r.id = t.run_id "
-        "WHERE t.schedule = %s ORDER BY t.tick",
-        name,
-    )
+@pytest.fixture
+def plan(
+    worker: Any, beat: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str
+) -> Iterator[Callable[..., Plan]]:
+    """Declares a schedule `every=1` with the given fields and starts a worker that knows it."""
+    made: list[Plan] = []
 
+    def make(stem: str, **fields: str) -> Plan:
+        name = f"{stem}-{uuid.uuid4().hex[:8]}"
+        declared = {"agent": "demo", "input": "What is 2 + 3?", **fields}
+        line = (
+            f"Schedule({name!r}, every=1, "
+            + ", ".join(f"{k}={v!r}" for k, v in declared.items())
+            + ")"
+        )
+        env = schedule_module(monkeypatch, tmp_path, line)
+        start_worker(worker, monkeypatch, tmp_path, extra_env=env)
+        monkeypatch.setenv("STEPWISE_AGENTS", env["STEPWISE_AGENTS"])
+        made.append(Plan(name, env, database_url, tmp_path, beat))
+        return made[-1]
 
-def started(database_url: str, name: str) -> list[tuple[Any, ...]]:
-    """The ticks that recorded a run."""
-    return [t for t in ticks(database_url, name) if t[2] is not None]
-
-
-def settle(database_url: str, name: str, gates: Path) -> list[tuple[Any, ...]]:
-    """Open every run's gate, wait until every run has ended; the ticks that recorded one."""
-
-    def ended() -> bool:
-        found = started(database_url, name)
-        for t in found:
-            (gates / f"{t[2]}.open").touch()
-        return all(t[3] in TERMINAL for t in found)
-
-    wait_until("every scheduled run to end", ended, within=60)
-    return started(database_url, name)
-
-
-def sent(gates: Path, name: str, beat_number: int) -> int:
-    """How many times beat number `beat_number` sent the schedule's tick."""
-    log = (gates / f"beat-{beat_number}.log").read_text(errors="replace")
-    return log.count(f"Sending due task {ENTRY_PREFIX}{name} ")
-
-
-def unique(stem: str) -> str:
-    return f"{stem}-{uuid.uuid4().hex[:8]}"
+    yield make
+    for each in made:
+        each.stop()
 
 
 def test_two_beats_with_a_one_second_schedule_start_one_run_per_tick(
-    worker: Any, beat: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str
+    plan: Callable[..., Plan], database_url: str
 ) -> None:
-    name = unique("each-second")
-    env = prepare(
-        worker, monkeypatch, tmp_path,
-        f'Schedule({name!r}, agent="demo", input="What is 2 + 3?", every=1)',
-    )  # fmt: skip
-    first, second = beat(**env), beat(**env)  # one too many, by mistake
+    each_second = plan("each-second")
+    each_second.send(count=2)  # one too many, by mistake
 
-    wait_until("four ticks", lambda: len(started(database_url, name)) >= 4, within=60)
-    stop_beat(first)
-    stop_beat(second)
-    found = settle(database_url, name, tmp_path)
+    each_second.until("four ticks", lambda: len(each_second.started()) >= 4)
+    found = each_second.settle()
 
-    run_ids = [t[2] for t in found]
-    assert len(set(run_ids)) == len(found)
+    assert len({t[2] for t in found}) == len(found)
     assert all(t[3] == "succeeded" for t in found)
     runs_of_schedule = query(
         database_url,
         "SELECT count(*) FROM stepwise_runs WHERE metadata->>'schedule' = %s",
-        name,
+        each_second.name,
     )[0][0]
     assert runs_of_schedule == len(found)
     # Both beats sent every tick they saw; the second copy of a tick started nothing.
-    assert sent(tmp_path, name, 0) >= 2 and sent(tmp_path, name, 1) >= 2
-    assert sent(tmp_path, name, 0) + sent(tmp_path, name, 1) > len(ticks(database_url, name))
+    assert each_second.sent(0) >= 2 and each_second.sent(1) >= 2
+    assert each_second.sent(0) + each_second.sent(1) > len(each_second.ticks())
     assert all(t[0].microsecond == 0 for t in found)  # a tick is the start of its second
 
 
 def test_a_skip_schedule_starts_nothing_while_its_last_run_is_unfinished(
-    worker: Any, beat: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str
+    plan: Callable[..., Plan], tmp_path: Path
 ) -> None:
-    name = unique("skipping")
-    env = prepare(
-        worker, monkeypatch, tmp_path,
-        f'Schedule({name!r}, agent="gated", input="wait", every=1, overlap="skip")',
-    )  # fmt: skip
-    ticking = beat(**env)
+    skipping = plan("skipping", agent="gated", input="wait", overlap="skip")
+    skipping.send()
 
     wait_until(
         "two skipped ticks",
-        lambda: [t[1] for t in ticks(database_url, name)].count("skipped") >= 2,
+        lambda: [t[1] for t in skipping.ticks()].count("skipped") >= 2,
         within=60,
     )
-    [held] = started(database_url, name)
+    [held] = skipping.started()
     (tmp_path / f"{held[2]}.open").touch()
-    wait_until("a second run", lambda: len(started(database_url, name)) >= 2, within=60)
-    stop_beat(ticking)
-    found = settle(database_url, name, tmp_path)
+    skipping.until("a second run", lambda: len(skipping.started()) >= 2)
+    found = skipping.settle()
 
     assert all(t[3] == "succeeded" for t in found)
     for earlier, later in itertools.pairwise(found):
         assert earlier[5] <= later[4], "two runs of a skip schedule overlapped"
-    skipped = [t for t in ticks(database_url, name) if t[1] == "skipped"]
+    skipped = [t for t in skipping.ticks() if t[1] == "skipped"]
     assert len(skipped) >= 2 and all(t[2] is None for t in skipped)
 
 
 def test_a_queue_schedule_runs_its_runs_one_after_another_in_tick_order(
-    worker: Any, beat: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str
+    plan: Callable[..., Plan], tmp_path: Path, database_url: str
 ) -> None:
-    name = unique("queueing")
-    env = prepare(
-        worker, monkeypatch, tmp_path,
-        f'Schedule({name!r}, agent="gated", input="wait", every=1, overlap="queue")',
-    )  # fmt: skip
-    ticking = beat(**env)
-    wait_until("three runs", lambda: len(started(database_url, name)) >= 3, within=60)
-    stop_beat(ticking)
-    found = started(database_url, name)
+    queueing = plan("queueing", agent="gated", input="wait", overlap="queue")
+    queueing.send()
+    queueing.until("three runs", lambda: len(queueing.started()) >= 3)
+    found = queueing.started()
     # The second run waits longer than Celery's default of three retries.
     second = found[1][2]
     wait_until("the second run to look five times", lambda: _waits(tmp_path, second) >= 5)
@@ -154,29 +174,24 @@ def test_a_queue_schedule_runs_its_runs_one_after_another_in_tick_order(
     assert [t[1] for t in found] == ["started"] + ["queued"] * (len(found) - 1)
     for position, (_, _, run_id, *_) in enumerate(found):
         wait_for_event(database_url, run_id, "tool.started", step=2)
-        later = [t[3] for t in started(database_url, name)[position + 1 :]]
+        later = [t[3] for t in queueing.started()[position + 1 :]]
         assert later == ["queued"] * len(later), "a queued run started before its turn"
         (tmp_path / f"{run_id}.open").touch()
         wait_until("the run to end", lambda r=run_id: _status(database_url, r) in TERMINAL)
 
-    found = started(database_url, name)
+    found = queueing.started()
     assert all(t[3] == "succeeded" for t in found)
     for earlier, later_run in itertools.pairwise(found):
         assert earlier[5] <= later_run[4]
 
 
 def test_a_cancel_previous_schedule_cancels_the_unfinished_run_and_starts_at_once(
-    worker: Any, beat: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str
+    plan: Callable[..., Plan], database_url: str
 ) -> None:
-    name = unique("replacing")
-    env = prepare(
-        worker, monkeypatch, tmp_path,
-        f'Schedule({name!r}, agent="gated", input="wait", every=1, overlap="cancel_previous")',
-    )  # fmt: skip
-    ticking = beat(**env)
-    wait_until("two runs under way", lambda: _under_way(database_url, name) >= 2, within=60)
-    stop_beat(ticking)
-    found = settle(database_url, name, tmp_path)
+    replacing = plan("replacing", agent="gated", input="wait", overlap="cancel_previous")
+    replacing.send()
+    replacing.until("two runs under way", lambda: _under_way(database_url, replacing) >= 2)
+    found = replacing.settle()
 
     *replaced, last = found
     assert last[3] == "succeeded"
@@ -185,43 +200,31 @@ def test_a_cancel_previous_schedule_cancels_the_unfinished_run_and_starts_at_onc
 
 
 def test_redbeat_as_two_beats_sends_each_tick_from_one_of_them(
-    worker: Any, beat: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str
+    plan: Callable[..., Plan],
 ) -> None:
-    name = unique("redbeat")
-    env = prepare(
-        worker, monkeypatch, tmp_path,
-        f'Schedule({name!r}, agent="demo", input="What is 2 + 3?", every=1)',
-    )  # fmt: skip
-    first = beat("redbeat.RedBeatScheduler", **env)
-    second = beat("redbeat.RedBeatScheduler", **env)
+    redbeat = plan("redbeat")
+    redbeat.send(count=2, scheduler="redbeat.RedBeatScheduler")
 
-    wait_until("three ticks", lambda: len(started(database_url, name)) >= 3, within=60)
-    stop_beat(first)
-    stop_beat(second)
-    found = settle(database_url, name, tmp_path)
+    redbeat.until("three ticks", lambda: len(redbeat.started()) >= 3)
+    found = redbeat.settle()
 
     assert all(t[3] == "succeeded" for t in found)
-    assert sorted([sent(tmp_path, name, 0), sent(tmp_path, name, 1)])[0] == 0  # one holds the lock
-    assert len(ticks(database_url, name)) == len(found)
+    assert sorted([redbeat.sent(0), redbeat.sent(1)])[0] == 0  # one holds the lock
+    assert len(redbeat.ticks()) == len(found)
 
 
 def test_the_schedules_command_lists_each_schedule_with_its_last_run(
-    worker: Any, beat: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str
+    plan: Callable[..., Plan],
 ) -> None:
-    name = unique("listed")
-    env = prepare(
-        worker, monkeypatch, tmp_path,
-        f'Schedule({name!r}, agent="demo", input="What is 2 + 3?", every=1, owner="ops")',
-    )  # fmt: skip
-    ticking = beat(**env)
-    wait_until("a run", lambda: len(started(database_url, name)) >= 1, within=60)
-    stop_beat(ticking)
-    [*_, last] = settle(database_url, name, tmp_path)
+    listed_plan = plan("listed", owner="ops")
+    listed_plan.send()
+    listed_plan.until("a run", lambda: len(listed_plan.started()) >= 1)
+    [*_, last] = listed_plan.settle()
 
     listed = CliRunner().invoke(cli, ["schedules"])
 
     assert listed.exit_code == 0, listed.output
-    [line] = [x for x in listed.output.splitlines() if x.startswith(name)]
+    [line] = [x for x in listed.output.splitlines() if x.startswith(listed_plan.name)]
     assert "every 1 s" in line and "skip" in line and "next " in line
     assert line.endswith(f"last {last[2]} succeeded")
 
@@ -237,7 +240,7 @@ def _waits(logs: Path, run_id: str) -> int:
     return text.count(f"Waiting('run {run_id} waits for run ")
 
 
-def _under_way(database_url: str, name: str) -> int:
+def _under_way(database_url: str, schedule: Plan) -> int:
     """How many of the schedule's runs have reached their gate."""
     return sum(
         bool(
@@ -247,5 +250,5 @@ def _under_way(database_url: str, name: str) -> int:
                 t[2],
             )
         )
-        for t in started(database_url, name)
+        for t in schedule.started()
     )

@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from tasks.runs import is_uuid
+
 AttributeValue = str | bool | int | float | tuple[str, ...]
 Attributes = dict[str, AttributeValue]
 
@@ -40,7 +42,7 @@ def task_ids(name: str, args: Any, kwargs: Any) -> tuple[str | None, int | None]
     run_id = kwargs.get("run_id", args[0] if args else None)
     step = kwargs.get("number", args[1] if len(args) > 1 else None)
     return (
-        run_id if isinstance(run_id, str) and _is_uuid(run_id) else None,
+        run_id if is_uuid(run_id) else None,
         step if isinstance(step, int) and not isinstance(step, bool) else None,
     )
 
@@ -190,11 +192,3 @@ def error_type(end_type: str, end: Mapping[str, Any]) -> str | None:
     if end_type.startswith("run."):  # the run ended while the step was open
         return end_type.removeprefix("run.")
     return None
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
