@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def flower(distributed: dict[str, str], tmp_path: Path) -> Iterator[Flower]:
     """A Flower process with basic auth on this session's broker."""
     env = {**os.environ, **distributed, "PYTHONPATH": str(ROOT)}
-    process = Flower(env, tmp_path / "flower.log", free_port(), USER, PASSWORD).start(ROOT)
+    process = Flower(env, ROOT, tmp_path / "flower.log", free_port(), USER, PASSWORD).start()
     yield process
     process.stop()
 

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import psycopg
@@ -390,45 +390,48 @@ def free_port() -> int:
         return port
 
 
-class Server:
-    """A real `stepwise serve` process on 127.0.0.1, and its log."""
+class Service:
+    """A real HTTP service process on 127.0.0.1 that the tests start, stop or kill, and its log."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, log: Path, port: int, *options: str) -> None:
+    health = "/health"
+
+    def __init__(self, env: dict[str, str], cwd: Path, log: Path, port: int) -> None:
         self.env = env
         self.cwd = cwd
         self.log = log
         self.port = port
-        self.options = options
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Server:
-        """Start it, and wait until it answers `GET /health`."""
-        command = [STEPWISE, "serve", "--port", str(self.port), *self.options]
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Start it, and wait until it answers its health path."""
         with self.log.open("ab") as sink:
             self.process = subprocess.Popen(
-                command, cwd=self.cwd, env=self.env, stdout=sink, stderr=subprocess.STDOUT
+                self.command(), cwd=self.cwd, env=self.env, stdout=sink, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + 30
         while not self._healthy():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                pytest.fail(f"stepwise serve did not start:\n{self.output()[-3000:]}")
+                pytest.fail(f"{self.command()[:4]} did not start:\n{self.output()[-3000:]}")
             time.sleep(0.05)
         return self
 
     def _healthy(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+            return httpx.get(f"{self.url}{self.health}", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
 
     def output(self) -> str:
-        """Everything the server has logged so far (from every start of it)."""
-        return self.log.read_text(errors="replace")
+        """Everything it has logged so far (from every start of it)."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def kill(self) -> None:
-        """SIGKILL: the server dies with its connections open, as in a crash."""
+        """SIGKILL: it dies with its connections open, as in a crash."""
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
@@ -443,40 +446,33 @@ class Server:
                 self.kill()
 
 
-class Flower:
+class Server(Service):
+    """A real `stepwise serve` process."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, log: Path, port: int, *options: str) -> None:
+        super().__init__(env, cwd, log, port)
+        self.options = options
+
+    def command(self) -> list[str]:
+        return [STEPWISE, "serve", "--port", str(self.port), *self.options]
+
+
+class Flower(Service):
     """A real `celery -A tasks flower` process with basic auth, and its HTTP API."""
 
-    def __init__(self, env: dict[str, str], log: Path, port: int, user: str, password: str) -> None:
-        self.env = {**env, "FLOWER_BASIC_AUTH": f"{user}:{password}"}
-        self.log = log
-        self.port = port
-        self.auth = (user, password)
-        self.url = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen[bytes] | None = None
+    health = "/healthcheck"
 
-    def start(self, cwd: Path) -> Flower:
-        """Start it in `cwd` and wait until it answers `GET /healthcheck`."""
-        command = [
+    def __init__(
+        self, env: dict[str, str], cwd: Path, log: Path, port: int, user: str, password: str
+    ) -> None:
+        super().__init__({**env, "FLOWER_BASIC_AUTH": f"{user}:{password}"}, cwd, log, port)
+        self.auth = (user, password)
+
+    def command(self) -> list[str]:
+        return [
             sys.executable, "-m", "celery", "-A", "tasks", "flower",
             f"--port={self.port}", "--address=127.0.0.1",
         ]  # fmt: skip
-        with self.log.open("ab") as sink:
-            self.process = subprocess.Popen(
-                command, cwd=cwd, env=self.env, stdout=sink, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 30
-        while not self._healthy():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"flower did not start:\n{self.output()[-3000:]}")
-            time.sleep(0.05)
-        return self
-
-    def _healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/healthcheck", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
 
     def api(self, path: str, **params: str) -> Any:
         """GET an API path with the credentials; its JSON."""
@@ -491,17 +487,3 @@ class Flower:
             lambda: self.api("/api/workers", status="true").get(hostname),
             within=30,
         )
-
-    def output(self) -> str:
-        """Everything Flower has logged so far."""
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
