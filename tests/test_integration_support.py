@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
@@ -390,7 +391,7 @@ def free_port() -> int:
         return port
 
 
-class Service:
+class Service(ABC):
     """A real HTTP service process on 127.0.0.1 that the tests start, stop or kill, and its log."""
 
     health = "/health"
@@ -403,8 +404,9 @@ class Service:
         self.url = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen[bytes] | None = None
 
+    @abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The command line that starts it."""
 
     def start(self) -> Self:
         """Start it, and wait until it answers its health path."""
