@@ -13,11 +13,48 @@ from sqlmodel import Session, col, select
 
 from storage.events import LIVE_ONLY, MODEL_COMPLETED, MODEL_RETRACTED, MODEL_STARTED
 from storage.fanout import Fanout
-from storage.models import Event, Run, aware, utcnow
+from storage.models import Event, Run, Step, aware, utcnow
 
 log = logging.getLogger(__name__)
 
 MODEL_HISTORY = (MODEL_STARTED, MODEL_COMPLETED, MODEL_RETRACTED)
+_HELD = "stepwise.held_runs"  # Session.info key: the runs whose rows this transaction locked
+
+
+def hold(db: Session, run: Run) -> Run:
+    """Note that this transaction owns `run`'s row (locked, or inserted by it).
+
+    Events of a held run take their numbers from the row in memory, and the
+    flush writes the counter with the run's other changes: no extra round trip.
+    """
+    db.info.setdefault(_HELD, {})[run.id] = run
+    return run
+
+
+def lock_run(db: Session, run_id: str) -> Run | None:
+    """The run with its row locked until the transaction ends, read fresh; None if absent."""
+    run = db.exec(
+        select(Run)
+        .where(Run.id == run_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
+    return hold(db, run) if run is not None else None
+
+
+def lock_run_with_step(db: Session, run_id: str, number: int) -> tuple[Run | None, Step | None]:
+    """`lock_run` and the run's step `number` (None if absent), in one round trip."""
+    row = db.exec(
+        select(Run, Step)
+        .outerjoin(Step, (col(Step.run_id) == col(Run.id)) & (col(Step.number) == number))
+        .where(Run.id == run_id)
+        .with_for_update(of=Run)
+        .execution_options(populate_existing=True)
+    ).first()
+    if row is None:
+        return None, None
+    run, step = row
+    return hold(db, run), step
 
 
 def event_payload(event: Event) -> dict[str, Any]:
@@ -44,16 +81,24 @@ class Tx:
 
         The counter lives on the run row, so concurrent steps of one run queue up
         on its row lock and numbers stay 1, 2, 3… without gaps (a rollback undoes
-        the increment with the event).
+        the increment with the event). A run this transaction holds (`hold`) is
+        counted in memory; any other takes its number with an `UPDATE … RETURNING`.
         """
         assert type not in LIVE_ONLY, f"{type} is published live, never stored"
         now = utcnow()
-        seq = self.db.execute(
-            update(Run)
-            .where(col(Run.id) == run_id)
-            .values(last_seq=col(Run.last_seq) + 1, progressed_at=now)
-            .returning(col(Run.last_seq))
-        ).scalar_one()
+        run = self.db.info.get(_HELD, {}).get(run_id)
+        if run is not None:
+            run.last_seq += 1
+            run.progressed_at = now
+            self.db.add(run)
+            seq = run.last_seq
+        else:
+            seq = self.db.execute(
+                update(Run)
+                .where(col(Run.id) == run_id)
+                .values(last_seq=col(Run.last_seq) + 1, progressed_at=now)
+                .returning(col(Run.last_seq))
+            ).scalar_one()
         event = Event(run_id=run_id, seq=seq, type=type, step=step, data=data, created_at=now)
         self.db.add(event)
         self.outbox.append(event)

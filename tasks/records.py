@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
+from sqlalchemy import insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, func, select
 from tenacity import (
@@ -23,7 +24,9 @@ from providers.types import Message, ToolResult, message_from_json, message_to_j
 from storage import TERMINAL, Run, Step, ThreadMessage, Tx
 from storage.events import STEP_SKIPPED
 from storage.models import aware, utcnow
+from storage.store import lock_run_with_step
 from tasks import loop
+from tasks.errors import RunNotFound
 from tasks.runs import finish
 
 T = TypeVar("T")
@@ -70,6 +73,19 @@ class Where:
 
     task_id: str | None = None
     queue: str | None = None
+
+
+def locked_step(db: Session, run_id: str, number: int) -> tuple[Run, Step]:
+    """The run, its row locked for this transaction, and its step `number`, in one read.
+
+    `RunNotFound` if there is no such run, `LookupError` if it has no such step.
+    """
+    run, step = lock_run_with_step(db, run_id, number)
+    if run is None:
+        raise RunNotFound(f"no run with id {run_id!r}")
+    if step is None:
+        raise LookupError(f"run {run_id} has no step {number}")
+    return run, step
 
 
 def step_of(db: Session, run_id: str, number: int) -> Step:
@@ -132,18 +148,26 @@ def stopped(tx: Tx, run: Run, step: Step | None) -> bool:
     return True
 
 
-def count_model_calls(db: Session, run_id: str) -> int:
-    """How many model steps of the run have succeeded."""
-    return db.exec(
-        select(func.count())
-        .select_from(Step)
-        .where(Step.run_id == run_id, Step.kind == "model", Step.status == "succeeded")
-    ).one()
+def run_steps(db: Session, run_id: str) -> list[Step]:
+    """Every step of the run, in order: one read serves all of a model step's decisions."""
+    return list(db.exec(select(Step).where(Step.run_id == run_id).order_by(col(Step.number))))
 
 
-def invalid_streak(db: Session, run_id: str) -> tuple[int, str]:
+def find_step(steps: list[Step], run_id: str, number: int) -> Step:
+    """Step `number` among the run's `steps`; `LookupError` if there is none."""
+    for step in steps:
+        if step.number == number:
+            return step
+    raise LookupError(f"run {run_id} has no step {number}")
+
+
+def count_model_calls(steps: list[Step]) -> int:
+    """How many of these model steps have succeeded."""
+    return sum(1 for s in steps if s.kind == "model" and s.status == "succeeded")
+
+
+def invalid_streak(steps: list[Step]) -> tuple[int, str]:
     """How many tool rounds in a row, the latest last, held an invalid call; and its error."""
-    steps = db.exec(select(Step).where(Step.run_id == run_id).order_by(col(Step.number))).all()
     rounds: list[list[bool]] = []
     last_error = ""
     for step in steps:
@@ -157,64 +181,58 @@ def invalid_streak(db: Session, run_id: str) -> tuple[int, str]:
     return loop.invalid_streak(rounds), last_error
 
 
-def conversation(db: Session, thread_id: str) -> tuple[Message, ...]:
-    """The thread's messages, oldest first."""
-    rows = db.exec(
-        select(ThreadMessage)
-        .where(ThreadMessage.thread_id == thread_id)
-        .order_by(col(ThreadMessage.position))
-    ).all()
-    return tuple(message_from_json({"role": r.role, "parts": r.parts}) for r in rows)
+def thread_history(db: Session, thread_id: str) -> list[ThreadMessage]:
+    """The thread's stored messages, oldest first."""
+    return list(
+        db.exec(
+            select(ThreadMessage)
+            .where(ThreadMessage.thread_id == thread_id)
+            .order_by(col(ThreadMessage.position))
+        )
+    )
+
+
+def conversation(history: list[ThreadMessage]) -> tuple[Message, ...]:
+    """The stored messages as the model reads them."""
+    return tuple(message_from_json({"role": r.role, "parts": r.parts}) for r in history)
 
 
 def append(db: Session, run: Run, message: Message) -> None:
-    """Add a message at the end of the run's thread."""
-    last = db.exec(
-        select(func.max(ThreadMessage.position)).where(ThreadMessage.thread_id == run.thread_id)
-    ).one()
-    data = message_to_json(message)
-    db.add(
-        ThreadMessage(
+    """Add a message at the end of the run's thread, in one statement: its position
+    is one past the thread's last, counted by the database."""
+    table = ThreadMessage.__table__  # type: ignore[attr-defined]
+    last = select(func.coalesce(func.max(table.c.position), 0)).where(
+        table.c.thread_id == run.thread_id
+    )
+    db.execute(
+        insert(table).values(
             thread_id=run.thread_id,
-            position=(last or 0) + 1,
+            position=last.scalar_subquery() + 1,
             run_id=run.id,
             role=message.role,
-            parts=data["parts"],
+            parts=message_to_json(message)["parts"],
+            created_at=utcnow(),
         )
     )
-    db.flush()
 
 
-def add_tool_results(db: Session, run: Run, number: int) -> bool:
-    """Before model step `number`, add the results of the tool round before it (once).
+def tool_results(steps: list[Step], number: int, history: list[ThreadMessage]) -> Message | None:
+    """The results message of the tool round before model step `number`, if it is due.
 
-    False while a tool step of that round has not finished: a chord callback that
-    fired early (a tool step's result counted twice after a redelivery) must wait.
+    None when that round added its results already, or there was no round. Raises
+    `NotReady` while a tool step of the round has not finished: a chord callback
+    that fired early (a tool step's result counted twice after a redelivery) waits.
     """
-    previous = db.exec(
-        select(Step)
-        .where(Step.run_id == run.id, Step.kind == "model", col(Step.number) < number)
-        .order_by(col(Step.number).desc())
-    ).first()
+    earlier = [s for s in steps if s.kind == "model" and s.number < number]
+    previous = earlier[-1] if earlier else None
     if previous is None or previous.output is None:
-        return True
+        return None
     calls = message_from_json(previous.output["message"]).tool_calls
-    if not calls:
-        return True
-    last = db.exec(
-        select(ThreadMessage)
-        .where(ThreadMessage.thread_id == run.thread_id)
-        .order_by(col(ThreadMessage.position).desc())
-    ).first()
-    if last is not None and last.role == "tool":
-        return True
-    tools = db.exec(
-        select(Step).where(
-            Step.run_id == run.id,
-            col(Step.number) > previous.number,
-            col(Step.number) < number,
-        )
-    ).all()
+    if not calls or (history and history[-1].role == "tool"):
+        return None
+    tools = [s for s in steps if previous.number < s.number < number]
+    if any(s.status in ("pending", "running") for s in tools):
+        raise NotReady(f"run {previous.run_id}: the tool round before step {number} is running")
     results = {
         s.call_id or "": ToolResult(
             s.call_id or "", s.tool_name or "", s.output["content"], s.output["is_error"]
@@ -222,10 +240,7 @@ def add_tool_results(db: Session, run: Run, number: int) -> bool:
         for s in tools
         if s.output is not None
     }
-    if any(s.status in ("pending", "running") for s in tools):
-        return False
-    append(db, run, loop.results_message(calls, results))
-    return True
+    return loop.results_message(calls, results)
 
 
 def steps_after(db: Session, run_id: str, numbers: list[int]) -> list[Step]:

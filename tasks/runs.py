@@ -14,6 +14,7 @@ from sqlmodel import Session, col, select
 from storage import TERMINAL, Run, Thread, Tx
 from storage.events import EVENT_FOR_STATUS, RUN_CANCEL_REQUESTED, RUN_QUEUED
 from storage.models import utcnow
+from storage.store import hold, lock_run
 from tasks.agents import Agents
 from tasks.errors import InvalidInput, NotYours, RunNotFound
 from tasks.runtime import Runtime
@@ -160,23 +161,23 @@ def record(tx: Tx, new: NewRun) -> tuple[str, bool]:
             if tx.db.get(Thread, thread_id) is None:
                 tx.db.add(Thread(id=thread_id, owner=new.owner))
                 tx.db.flush()
-            tx.db.add(
-                Run(
-                    id=new.run_id,
-                    agent=new.agent,
-                    input=new.input,
-                    thread_id=thread_id,
-                    idempotency_key=new.idempotency_key,
-                    meta=new.metadata,
-                    owner=new.owner,
-                )
+            run = Run(
+                id=new.run_id,
+                agent=new.agent,
+                input=new.input,
+                thread_id=thread_id,
+                idempotency_key=new.idempotency_key,
+                meta=new.metadata,
+                owner=new.owner,
             )
+            tx.db.add(run)
             tx.db.flush()
     except IntegrityError:
         existing = _existing(tx.db, new)
         if existing is None:
             raise
         return existing, False
+    hold(tx.db, run)  # inserted just now: nobody else sees it before the commit
     tx.emit(new.run_id, RUN_QUEUED, {"agent": new.agent, "thread": thread_id})
     return new.run_id, True
 
@@ -195,7 +196,7 @@ def _existing(db: Session, new: NewRun) -> str | None:
 
 def locked_run(db: Session, run_id: str) -> Run:
     """The run, with its row locked for this transaction; `RunNotFound` if there is none."""
-    run = db.exec(select(Run).where(Run.id == run_id).with_for_update()).first()
+    run = lock_run(db, run_id)
     if run is None:
         raise RunNotFound(f"no run with id {run_id!r}")
     return run

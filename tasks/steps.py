@@ -43,17 +43,21 @@ from tasks.records import (
     Next,
     NotReady,
     Where,
-    add_tool_results,
     append,
     claim,
     conversation,
     count_model_calls,
     end_step,
+    find_step,
     invalid_streak,
+    locked_step,
     recorded,
+    run_steps,
     step_of,
     steps_after,
     stopped,
+    thread_history,
+    tool_results,
 )
 from tasks.runs import finish, locked_run
 from tasks.runtime import Runtime
@@ -127,8 +131,7 @@ def model_step(rt: Runtime, run_id: str, number: int, where: Where) -> Next:
     except Fatal as error:
         reason = f"model step {number} failed: {error}"
         with rt.store.transaction() as tx:
-            run = locked_run(tx.db, run_id)
-            step = step_of(tx.db, run_id, number)
+            run, step = locked_step(tx.db, run_id, number)
             end_step(tx, step, "failed", error=str(error))
             finish(tx, run, "failed", reason=reason)
         raise StepFailed(reason) from error
@@ -142,7 +145,8 @@ def _begin(
     run failed here, else the agent, the request and the attempt's number."""
     with rt.store.transaction() as tx:
         run = locked_run(tx.db, run_id)
-        step = step_of(tx.db, run_id, number)
+        steps = run_steps(tx.db, run_id)
+        step = find_step(steps, run_id, number)
         if step.status == "succeeded":
             return _continuation(rt, tx.db, run, step)
         if stopped(tx, run, step):
@@ -153,9 +157,13 @@ def _begin(
             end_step(tx, step, "failed", error=str(error))
             finish(tx, run, "failed", reason=f"{error} (on this worker)")
             return f"{error} (on this worker)"
-        if not add_tool_results(tx.db, run, number):
-            raise NotReady(f"run {run_id}: the tool round before step {number} is still running")
-        streak, last_error = invalid_streak(tx.db, run_id)
+        history = thread_history(tx.db, run.thread_id)
+        messages = conversation(history)
+        results = tool_results(steps, number, history)
+        if results is not None:
+            append(tx.db, run, results)
+            messages = (*messages, results)
+        streak, last_error = invalid_streak(steps)
         if streak >= agent.max_invalid_turns:
             reason = (
                 f"the model asked for an invalid tool call {streak} turn(s) in a row "
@@ -174,7 +182,7 @@ def _begin(
         request = ModelRequest(
             model=agent.model,
             instructions=agent.instructions,
-            messages=conversation(tx.db, run.thread_id),
+            messages=messages,
             tools=tuple(t.spec() for t in agent.tools),
             settings=dict(agent.model_settings),
         )
@@ -188,8 +196,7 @@ def _retract(tx: Tx, run_id: str, number: int, attempt: int, reason: str) -> Non
 def _release(rt: Runtime, run_id: str, number: int, *, retract: bool) -> None:
     """Hand a model step back for its retry; retract the deltas this attempt streamed."""
     with rt.store.transaction() as tx:
-        run = locked_run(tx.db, run_id)
-        step = step_of(tx.db, run_id, number)
+        run, step = locked_step(tx.db, run_id, number)
         if step.status != "running" or run.status in TERMINAL:
             return
         step.status, step.lease_until = "pending", None
@@ -203,7 +210,8 @@ def _record_response(
 ) -> Next:
     with rt.store.transaction() as tx:
         run = locked_run(tx.db, run_id)
-        step = step_of(tx.db, run_id, number)
+        steps = run_steps(tx.db, run_id)
+        step = find_step(steps, run_id, number)
         if step.status == "succeeded":  # a duplicate delivery finished first
             return _continuation(rt, tx.db, run, step)
         step.output = {
@@ -237,7 +245,7 @@ def _record_response(
         )
         if stopped(tx, run, None):
             return NOTHING
-        model_calls = count_model_calls(tx.db, run_id)
+        model_calls = count_model_calls(steps)
         decision = loop.decide(response, model_calls=model_calls, max_steps=agent.max_steps)
         if isinstance(decision, loop.Fail):
             finish(tx, run, "failed", reason=decision.reason)

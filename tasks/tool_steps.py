@@ -22,8 +22,8 @@ from storage import TERMINAL, Run, Step, Tx
 from storage.events import TOOL_COMPLETED, TOOL_FAILED, TOOL_OUTCOME_UNKNOWN, TOOL_STARTED
 from tasks.agents import Agent
 from tasks.errors import UnknownAgent
-from tasks.records import Where, claim, end_step, recorded, step_of, stopped
-from tasks.runs import finish, locked_run
+from tasks.records import Where, claim, end_step, locked_step, recorded, stopped
+from tasks.runs import finish
 from tasks.runtime import Runtime
 from tasks.timing import tool_lease, tool_timeout
 from tasks.tools import Tool, ToolArgumentsError, ToolContext
@@ -43,8 +43,7 @@ class Outcome:
 def tool_step(rt: Runtime, run_id: str, number: int, where: Where) -> None:
     """Run one tool call and record its result (an error result if the tool failed)."""
     with rt.store.transaction() as tx:
-        run = locked_run(tx.db, run_id)
-        step = step_of(tx.db, run_id, number)
+        run, step = locked_step(tx.db, run_id, number)
         if step.status not in ("pending", "running"):
             return
         if stopped(tx, run, step):
@@ -174,8 +173,7 @@ def _within(timeout: float, call: Any, thread_name: str) -> str:
 def _record(rt: Runtime, context: ToolContext, name: str, outcome: Outcome) -> None:
     result = outcome.result
     with rt.store.transaction() as tx:
-        run = locked_run(tx.db, context.run_id)
-        step = step_of(tx.db, context.run_id, context.step)
+        run, step = locked_step(tx.db, context.run_id, context.step)
         if step.status != "running" or step.attempts != context.attempt:
             return  # cancelled meanwhile, or another copy took the step over
         step.output = {
