@@ -9,7 +9,7 @@ publishes `model.delta` messages as fast as the publishers can (or at `--delta-r
 and counts what the followers receive. Every follower must see every stored event of
 its run exactly once, in order, ending with the terminal event.
 
-    .venv/bin/python bench/follow.py --runs 100 --followers 10 --rate 1000 --seconds 20
+    .venv/bin/python -m bench.follow --runs 100 --followers 10 --rate 1000 --seconds 20
 
 A throwaway database is created on the server of `--database-url` and dropped at the
 end. Figures go to stdout and to bench/results/follow.json; docs/benchmarks.md reads them.
@@ -21,10 +21,8 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import multiprocessing as mp
 import os
-import platform
 import shlex
 import sys
 import threading
@@ -34,7 +32,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from multiprocessing.process import BaseProcess
@@ -43,22 +41,27 @@ from pathlib import Path
 from queue import Empty
 from typing import Any, TypeVar
 
-import psycopg
 import redis
 from sqlalchemy import event as sa_event
 from sqlalchemy import make_url
 from sqlmodel import Session, select
 
-from storage import LocalFanout, RedisFanout, Run, Store, Thread, make_engine, upgrade
-from storage.db import normalise_url
+from bench.common import (
+    LOCAL_DATABASE,
+    LOCAL_REDIS,
+    CpuClock,
+    machine,
+    percentiles,
+    scratch_database,
+)
+from storage import LocalFanout, RedisFanout, Run, Store, Thread, make_engine
 from storage.events import MODEL_DELTA, MODEL_STARTED, RUN_QUEUED, RUN_SUCCEEDED, TOOL_COMPLETED
 from storage.follow import FollowTimeout, afollow
 from storage.keys import run_channel
 from storage.models import utcnow
+from storage.store import lock_run
 
 RESULTS = Path(__file__).resolve().parent / "results" / "follow.json"
-LOCAL_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-LOCAL_REDIS = "redis://127.0.0.1:6379/0"
 TOOL_STEP, MODEL_STEP = 1, 2
 TOOL_RESULT = {"name": "bench", "result": "r" * 64}  # an event is ~300 bytes of JSON
 DELTA = {"kind": "text", "text": "x", "index": 0, "attempt": 1}
@@ -232,10 +235,12 @@ def _commit_events(
         run_id = runs[n % len(runs)]
         began = time.time()
         with store.transaction() as tx:
+            lock_run(tx.db, run_id)  # as every step does: its events are numbered on the row
             event = tx.emit(run_id, TOOL_COMPLETED, {"call_id": f"c{n}", **TOOL_RESULT}, TOOL_STEP)
         commits.append((run_id, event.seq, began, stamps.at, time.time()))
     for run_id in runs:
         with store.transaction() as tx:
+            lock_run(tx.db, run_id)
             tx.emit(run_id, MODEL_STARTED, {"model": "bench", "attempt": 1}, step=MODEL_STEP)
     return commits
 
@@ -252,7 +257,8 @@ def _publish_deltas(
     ended = time.time()
     for run_id in runs:
         with store.transaction() as tx:
-            run = tx.db.get_one(Run, run_id)
+            run = lock_run(tx.db, run_id)
+            assert run is not None
             run.status, run.finished_at = "succeeded", utcnow()
             tx.db.add(run)
             tx.emit(run_id, RUN_SUCCEEDED, {"status": "succeeded", "usage": {}, "cost_usd": None})
@@ -260,27 +266,6 @@ def _publish_deltas(
 
 
 # Setup and measurement
-
-
-@contextmanager
-def scratch_database(url: str) -> Iterator[str]:
-    """A new database on the server of `url`, migrated; dropped on the way out."""
-    base = make_url(normalise_url(url))
-    if base.get_backend_name() != "postgresql":
-        raise SystemExit(f"this benchmark needs Postgres, not {base.get_backend_name()}")
-    name = f"stepwise_bench_{uuid.uuid4().hex[:10]}"
-    admin = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        scratch = base.set(database=name).render_as_string(hide_password=False)
-        engine = make_engine(scratch)
-        upgrade(engine)
-        engine.dispose()
-        yield scratch
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def create_runs(url: str, count: int) -> list[str]:
@@ -307,82 +292,9 @@ def last_seqs(url: str) -> dict[str, int]:
     return dict(rows)
 
 
-class CpuClock:
-    """Cores used by role between readings, from /proc (Linux), to show where time went."""
-
-    def __init__(self, roles: dict[str, list[int]], database: str) -> None:
-        self.roles = roles
-        self.database = database  # Postgres backends of other databases are someone else's
-
-    def read(self) -> dict[str, Any]:
-        """CPU ticks per process of each role, the machine's busy and total ticks, the time."""
-        roles = dict(self.roles, postgres=self._postgres(), redis=_pids("redis-server"))
-        sample: dict[str, Any] = {r: _ticks(pids) for r, pids in roles.items()}
-        with suppress(OSError), open("/proc/stat") as stat:
-            ticks = [int(x) for x in stat.readline().split()[1:]]
-            sample["machine"] = (sum(ticks) - ticks[3] - ticks[4], sum(ticks))
-        sample["at"] = time.time()
-        return sample
-
-    def used(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
-        """Cores used per role (1.0: one core all the time); `other` is everything else."""
-        per_second = os.sysconf("SC_CLK_TCK") * (after["at"] - before["at"])
-        cores = {
-            role: sum(t - before[role].get(pid, 0) for pid, t in ticks.items()) / per_second
-            for role, ticks in after.items()
-            if role not in ("machine", "at")
-        }
-        if "machine" in after:
-            ours = sum(cores.values())
-            busy, total = (a - b for a, b in zip(after["machine"], before["machine"], strict=True))
-            cores["machine"] = busy / total * (os.cpu_count() or 1)
-            cores["other"] = cores["machine"] - ours
-        return {k: round(v, 2) for k, v in cores.items()}
-
-    def _postgres(self) -> list[int]:
-        """The server's own processes and the backends serving the benchmark's database."""
-        pids = []
-        for pid in _pids("postgres"):
-            with suppress(OSError):
-                title = Path(f"/proc/{pid}/cmdline").read_text()
-                client = "(" in title or "[local]" in title  # a client's address
-                if f" {self.database} " in title or not client:
-                    pids.append(pid)
-        return pids
-
-
-def _pids(name: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        with suppress(OSError):
-            if (entry / "comm").read_text().strip() == name:
-                pids.append(int(entry.name))
-    return pids
-
-
-def _ticks(pids: list[int]) -> dict[int, int]:
-    """CPU ticks (user and system) of each process of `pids` still running."""
-    ticks = {}
-    for pid in pids:
-        with suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks[pid] = int(fields[11]) + int(fields[12])
-    return ticks
-
-
 def pubsub_clients(client: redis.Redis) -> set[str]:
     """Ids of the Redis connections subscribed to at least one channel."""
     return {c["id"] for c in client.client_list() if int(c.get("sub", 0)) > 0}
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    """n, p50, p90, p99, max and mean of `seconds`, in milliseconds."""
-    if not seconds:
-        return {"n": 0}
-    ordered = sorted(seconds)
-    ranks = {f"p{q}": ordered[math.ceil(q / 100 * len(ordered)) - 1] for q in (50, 90, 99)}
-    summary = ranks | {"max": ordered[-1], "mean": sum(ordered) / len(ordered)}
-    return {"n": len(ordered)} | {k: round(v * 1000, 2) for k, v in summary.items()}
 
 
 # The coordinator
@@ -537,31 +449,6 @@ def _figures(
 # Output
 
 
-def machine(cfg: Config) -> dict[str, Any]:
-    """What the figures were measured on."""
-    cpu = ""
-    with suppress(OSError):
-        names = [x for x in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in x]
-        cpu = names[0].split(":", 1)[1].strip()
-    admin = make_url(normalise_url(cfg.database_url)).set(drivername="postgresql")
-    with psycopg.connect(admin.render_as_string(hide_password=False)) as connection:
-        postgres = {
-            name: str(connection.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
-            for name in ("server_version", "synchronous_commit", "fsync")
-        }
-    client = redis.Redis.from_url(cfg.redis_url)
-    redis_version = client.info("server")["redis_version"]
-    client.close()
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "postgres": postgres,
-        "redis": redis_version,
-    }
-
-
 def report(figures: dict[str, Any]) -> None:
     """The figures, for a person."""
     s, c, d, r = figures["stored"], figures["correctness"], figures["deltas"], figures["redis"]
@@ -623,7 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the benchmark, print the figures and write them as JSON."""
     cfg, output = parse(sys.argv[1:] if argv is None else argv)
     figures = run_benchmark(cfg)
-    figures["machine"] = machine(cfg)
+    figures["machine"] = machine(cfg.database_url, cfg.redis_url)
     figures["config"] = {k: v for k, v in asdict(cfg).items() if not k.endswith("_url")}
     figures["command"] = shlex.join(sys.orig_argv)
     figures["date"] = time.strftime("%Y-%m-%d %H:%M")
