@@ -1,0 +1,147 @@
+"""The benchmark harness: every scenario on real workers, and how it reports them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.run import Config, plot, record, table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _figures() -> dict[str, Any]:
+    level = {
+        "runs": 1000,
+        "wall_s": 12.5,
+        "ideal_s": 3.0,
+        "runs_per_s": 80.0,
+        "steps_per_s": 400.0,
+        "run_latency_ms": {"p50": 8000.0, "p90": 11000.0, "p99": 12000.0},
+        "peak_worker_rss_mb": 180.0,
+        "worker_cpu_ms_per_step": 9.0,
+    }
+    return {
+        "baseline": {
+            "hop_ms": {"p50": 4.0, "p99": 9.0},
+            "insert_commit_ms": {"p50": 1.0, "p99": 2.0},
+            "unit_ms": 5.0,
+            "hop_cpu_ms": 2.0,
+        },
+        "overhead": {"step_ms": {"p50": 7.0, "p99": 25.0}},
+        "concurrency": [{**level, "runs": 10, "wall_s": 3.2}, level],
+        "memory": {"peak_worker_rss_mb": 250.0, "peak_model_calls_in_flight": 1000},
+        "machine": {
+            "cpus": 2,
+            "cpu_model": "a CPU",
+            "platform": "Linux",
+            "python": "3.11",
+            "postgres": {"server_version": "15", "synchronous_commit": "on", "fsync": "on"},
+            "redis": "7.0",
+        },
+        "config": {
+            "workers": 2,
+            "pool": "gevent",
+            "concurrency": 1000,
+            "latency": 1.0,
+            "tools": "1,1",
+        },
+        "command": "python -m bench.run",
+        "date": "2026-11-21 12:00",
+    }
+
+
+def test_the_table_gives_each_figure_as_a_ratio_to_the_baseline_and_checks_its_target() -> None:
+    text = table(_figures(), Config())
+
+    assert "| step overhead, p50 | 7.0 ms | 1.40x | ≤ 1.5x (met) |" in text
+    assert "| step overhead, p99 | 25.0 ms | 5.00x | ≤ 20 ms (missed) |" in text
+    assert "| 1000 runs at once: wall (ideal 3.0 s) | 12.5 s | | ≤ 10 s (missed) |" in text
+    assert "peak RSS | 250.0 MB | | < 300 MB with ≥ 1,000 in flight (met) |" in text
+    assert "| 10 runs at once: wall (ideal 3.0 s) | 3.2 s | |  |" in text
+    assert "| 1000 runs: the workers' CPU per step | 9.0 ms | 4.50x of a hop's CPU | |" in text
+
+
+def test_memory_below_the_limit_is_not_a_pass_with_fewer_than_1000_calls_in_flight() -> None:
+    figures = _figures()
+    figures["memory"] = {"peak_worker_rss_mb": 120.0, "peak_model_calls_in_flight": 800}
+
+    text = table(figures, Config())
+
+    assert "(not shown: fewer than 1,000 in flight)" in text
+
+
+def test_a_recorded_run_names_its_command_and_machine(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n")
+
+    record(_figures(), "| the table |", doc)
+
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks\n")
+    assert "### 2026-11-21 12:00: `python -m bench.run`" in text
+    assert "2 CPUs (a CPU)" in text and "PostgreSQL 15 (synchronous_commit on" in text
+    assert text.rstrip().endswith("| the table |")
+
+
+def test_the_plot_is_a_png_of_throughput_and_latency(tmp_path: Path) -> None:
+    path = tmp_path / "plot.png"
+
+    plot(_figures(), path)
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.services
+def test_every_scenario_runs_on_real_workers_and_every_run_succeeds(
+    services: None, tmp_path: Path
+) -> None:
+    output = tmp_path / "run.json"
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.run",
+        "--levels",
+        "4",
+        "--latency",
+        "0.1",
+        "--workers",
+        "1",
+        "--concurrency",
+        "20",
+        "--overhead-runs",
+        "2",
+        "--hops",
+        "10",
+        "--inserts",
+        "20",
+        "--memory-runs",
+        "5",
+        "--memory-latency",
+        "1.0",
+        "--no-record",
+        "--output",
+        str(output),
+    ]
+
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    figures = json.loads(output.read_text())
+    assert figures["baseline"]["hop_ms"]["n"] == 9
+    assert figures["baseline"]["insert_commit_ms"]["n"] == 20
+    assert figures["baseline"]["hop_cpu_ms"] > 0
+    # start → 5 steps → finish: 6 gaps a run
+    assert figures["overhead"]["runs"] == 2 and figures["overhead"]["step_ms"]["n"] == 12
+    (level,) = figures["concurrency"]
+    assert level["runs"] == level["succeeded"] == 4
+    assert level["wall_s"] >= 0.3  # three model calls of 0.1 s each, one after another
+    memory = figures["memory"]
+    assert memory["succeeded"] == 5
+    assert memory["peak_model_calls_in_flight"] >= 1 and memory["peak_worker_rss_mb"] > 0
+    assert "| figure | value |" in done.stdout
