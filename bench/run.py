@@ -243,7 +243,7 @@ def baseline(cfg: Config, found: Cluster, database_url: str) -> dict[str, Any]:
 def cpu_seconds(clock: CpuClock, before: dict[str, Any], role: str) -> float:
     """CPU seconds `role` used since `before`."""
     after = clock.read()
-    return clock.used(before, after)[role] * (after["at"] - before["at"])
+    return float(clock.used(before, after)[role] * (after["at"] - before["at"]))
 
 
 def _send_runs(env: dict[str, str], agent: str, count: int) -> tuple[list[str], float]:
