@@ -13,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from storage.events import LIVE_ONLY, MODEL_COMPLETED, MODEL_RETRACTED, MODEL_STARTED
 from storage.fanout import Fanout
-from storage.models import Event, Run, Step, aware, utcnow
+from storage.models import Event, Run, aware, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +40,6 @@ def lock_run(db: Session, run_id: str) -> Run | None:
         .execution_options(populate_existing=True)
     ).first()
     return hold(db, run) if run is not None else None
-
-
-def lock_run_with_step(db: Session, run_id: str, number: int) -> tuple[Run | None, Step | None]:
-    """`lock_run` and the run's step `number` (None if absent), in one round trip."""
-    row = db.exec(
-        select(Run, Step)
-        .outerjoin(Step, (col(Step.run_id) == col(Run.id)) & (col(Step.number) == number))
-        .where(Run.id == run_id)
-        .with_for_update(of=Run)
-        .execution_options(populate_existing=True)
-    ).first()
-    if row is None:
-        return None, None
-    run, step = row
-    return hold(db, run), step
 
 
 def event_payload(event: Event) -> dict[str, Any]:

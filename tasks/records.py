@@ -24,7 +24,7 @@ from providers.types import Message, ToolResult, message_from_json, message_to_j
 from storage import TERMINAL, Run, Step, ThreadMessage, Tx
 from storage.events import STEP_SKIPPED
 from storage.models import aware, utcnow
-from storage.store import lock_run_with_step
+from storage.store import lock_run
 from tasks import loop
 from tasks.errors import RunNotFound
 from tasks.runs import finish
@@ -76,16 +76,17 @@ class Where:
 
 
 def locked_step(db: Session, run_id: str, number: int) -> tuple[Run, Step]:
-    """The run, its row locked for this transaction, and its step `number`, in one read.
+    """The run, its row locked for this transaction, and its step `number`.
 
-    `RunNotFound` if there is no such run, `LookupError` if it has no such step.
+    Two statements, not one join: the step must be read after the lock is granted.
+    A joined `SELECT … FOR UPDATE OF run` that waited for the lock re-reads only the
+    run; the step would be as it was before the holder's commit, so two copies of a
+    tool step could both claim it. `RunNotFound` or `LookupError` if either is absent.
     """
-    run, step = lock_run_with_step(db, run_id, number)
+    run = lock_run(db, run_id)
     if run is None:
         raise RunNotFound(f"no run with id {run_id!r}")
-    if step is None:
-        raise LookupError(f"run {run_id} has no step {number}")
-    return run, step
+    return run, step_of(db, run_id, number)
 
 
 def step_of(db: Session, run_id: str, number: int) -> Step:
