@@ -24,10 +24,8 @@ from providers.types import Message, ToolResult, message_from_json, message_to_j
 from storage import TERMINAL, Run, Step, ThreadMessage, Tx
 from storage.events import STEP_SKIPPED
 from storage.models import aware, utcnow
-from storage.store import lock_run
 from tasks import loop
-from tasks.errors import RunNotFound
-from tasks.runs import finish
+from tasks.runs import finish, locked_run
 
 T = TypeVar("T")
 
@@ -83,10 +81,7 @@ def locked_step(db: Session, run_id: str, number: int) -> tuple[Run, Step]:
     run; the step would be as it was before the holder's commit, so two copies of a
     tool step could both claim it. `RunNotFound` or `LookupError` if either is absent.
     """
-    run = lock_run(db, run_id)
-    if run is None:
-        raise RunNotFound(f"no run with id {run_id!r}")
-    return run, step_of(db, run_id, number)
+    return locked_run(db, run_id), step_of(db, run_id, number)
 
 
 def step_of(db: Session, run_id: str, number: int) -> Step:
