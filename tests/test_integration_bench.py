@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bench.run import Config, plot, record, table
+from bench.report import plot, record, table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ def _figures() -> dict[str, Any]:
 
 
 def test_the_table_gives_each_figure_as_a_ratio_to_the_baseline_and_checks_its_target() -> None:
-    text = table(_figures(), Config())
+    text = table(_figures())
 
     assert "| step overhead, p50 | 7.0 ms | 1.40x | ≤ 1.5x (met) |" in text
     assert "| step overhead, p99 | 25.0 ms | 5.00x | ≤ 20 ms (missed) |" in text
@@ -71,7 +71,7 @@ def test_memory_below_the_limit_is_not_a_pass_with_fewer_than_1000_calls_in_flig
     figures = _figures()
     figures["memory"] = {"peak_worker_rss_mb": 120.0, "peak_model_calls_in_flight": 800}
 
-    text = table(figures, Config())
+    text = table(figures)
 
     assert "(not shown: fewer than 1,000 in flight)" in text
 

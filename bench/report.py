@@ -1,0 +1,127 @@
+"""How `bench.run` reports: one Markdown table against the baseline and the targets,
+its record in docs/benchmarks.md, and the plot of throughput and latency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+PLOT = ROOT / "docs" / "img" / "bench-concurrency.png"
+
+
+def _ratio(value: float, unit: float | None) -> str:
+    return f"{value / unit:.2f}x" if unit else "-"
+
+
+def table(figures: dict[str, Any]) -> str:
+    """One Markdown table of every figure, with its ratio to the baseline and its target."""
+    rows = ["| figure | value | x baseline (hop + insert) | target |", "| --- | --- | --- | --- |"]
+    base = figures.get("baseline")
+    unit = base["unit_ms"] if base else None
+    hop_cpu = base["hop_cpu_ms"] if base else None
+    if base:
+        rows.append(
+            f"| bare Celery hop, p50 / p99 | {base['hop_ms']['p50']} / "
+            f"{base['hop_ms']['p99']} ms | | |"
+        )
+        rows.append(f"| bare Celery hop: the worker's CPU | {base['hop_cpu_ms']} ms | | |")
+        rows.append(
+            f"| Postgres INSERT + COMMIT, p50 / p99 | {base['insert_commit_ms']['p50']} / "
+            f"{base['insert_commit_ms']['p99']} ms | | |"
+        )
+    if "overhead" in figures:
+        step = figures["overhead"]["step_ms"]
+        verdict = "met" if unit and step["p50"] <= 1.5 * unit else "missed"
+        rows.append(
+            f"| step overhead, p50 | {step['p50']} ms | {_ratio(step['p50'], unit)} "
+            f"| ≤ 1.5x ({verdict}) |"
+        )
+        verdict = "met" if step["p99"] <= 20 else "missed"
+        rows.append(
+            f"| step overhead, p99 | {step['p99']} ms | {_ratio(step['p99'], unit)} "
+            f"| ≤ 20 ms ({verdict}) |"
+        )
+    for level in figures.get("concurrency", []):
+        n = level["runs"]
+        target = f"≤ 10 s ({'met' if level['wall_s'] <= 10 else 'missed'})" if n >= 1000 else ""
+        rows.append(
+            f"| {n} runs at once: wall (ideal {level['ideal_s']} s) | {level['wall_s']} s "
+            f"| | {target} |"
+        )
+        rows.append(
+            f"| {n} runs: runs/s, steps/s | {level['runs_per_s']}, {level['steps_per_s']} | | |"
+        )
+        rows.append(
+            f"| {n} runs: the workers' CPU per step | {level['worker_cpu_ms_per_step']} ms "
+            f"| {_ratio(level['worker_cpu_ms_per_step'], hop_cpu)} of a hop's CPU | |"
+        )
+        latency = level["run_latency_ms"]
+        rows.append(
+            f"| {n} runs: run latency p50 / p99 | {latency['p50'] / 1000:.2f} / "
+            f"{latency['p99'] / 1000:.2f} s | | |"
+        )
+        rows.append(
+            f"| {n} runs: peak worker RSS (each of {figures['config']['workers']}) | "
+            f"{level['peak_worker_rss_mb']} MB | | |"
+        )
+    if "memory" in figures:
+        memory = figures["memory"]
+        in_flight, rss = memory["peak_model_calls_in_flight"], memory["peak_worker_rss_mb"]
+        if in_flight < 1000:
+            verdict = "not shown: fewer than 1,000 in flight"
+        else:
+            verdict = "met" if rss < 300 else "missed"
+        rows.append(
+            f"| one worker, {in_flight} model calls in flight: peak RSS | {rss} MB | "
+            f"| < 300 MB with ≥ 1,000 in flight ({verdict}) |"
+        )
+    return "\n".join(rows)
+
+
+def plot(figures: dict[str, Any], path: Path) -> None:
+    """Throughput and run latency against the number of runs in flight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = figures["concurrency"]
+    n = [level["runs"] for level in levels]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(n, [level["steps_per_s"] for level in levels], "o-", label="steps/s")
+    left.plot(n, [level["runs_per_s"] for level in levels], "s-", label="runs/s")
+    left.set(xscale="log", xlabel="runs started at once", ylabel="per second", title="Throughput")
+    left.legend()
+    for key in ("p50", "p90", "p99"):
+        right.plot(n, [lv["run_latency_ms"][key] / 1000 for lv in levels], "o-", label=key)
+    right.plot(n, [level["ideal_s"] for level in levels], "k--", label="ideal (model time)")
+    right.set(xscale="log", xlabel="runs started at once", ylabel="seconds", title="Run latency")
+    right.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def describe(info: dict[str, Any]) -> str:
+    pg = info["postgres"]
+    return (
+        f"{info['cpus']} CPUs ({info['cpu_model']}), {info['platform']}, Python {info['python']}, "
+        f"PostgreSQL {pg['server_version']} (synchronous_commit {pg['synchronous_commit']}, "
+        f"fsync {pg['fsync']}), Redis {info['redis']}"
+    )
+
+
+def record(figures: dict[str, Any], text: str, doc: Path = DOC) -> None:
+    """Append the table, the machine and the command to docs/benchmarks.md."""
+    cfg = figures["config"]
+    section = (
+        f"\n### {figures['date']}: `{figures['command']}`\n\n"
+        f"Machine: {describe(figures['machine'])}.\n"
+        f"Workers: {cfg['workers']} x `-P {cfg['pool']} -c {cfg['concurrency']}`; "
+        f"model latency {cfg['latency']} s, tool rounds `{cfg['tools']}`.\n\n{text}\n"
+    )
+    with doc.open("a") as out:
+        out.write(section)
