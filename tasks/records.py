@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session, col, func, select
 from tenacity import (
@@ -20,7 +20,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from providers.types import Message, ToolResult, message_from_json, message_to_json
+from providers.types import Message, ToolCall, ToolResult, message_from_json, message_to_json
 from storage import TERMINAL, Run, Step, ThreadMessage, Tx
 from storage.events import STEP_SKIPPED
 from storage.models import aware, utcnow
@@ -84,9 +84,20 @@ def locked_step(db: Session, run_id: str, number: int) -> tuple[Run, Step]:
     return locked_run(db, run_id), step_of(db, run_id, number)
 
 
+_STEP = select(Step).where(
+    col(Step.run_id) == bindparam("run_id"), col(Step.number) == bindparam("number")
+)
+_STEPS = select(Step).where(col(Step.run_id) == bindparam("run_id")).order_by(col(Step.number))
+_HISTORY = (
+    select(ThreadMessage)
+    .where(col(ThreadMessage.thread_id) == bindparam("thread_id"))
+    .order_by(col(ThreadMessage.position))
+)
+
+
 def step_of(db: Session, run_id: str, number: int) -> Step:
     """Step `number` of the run; `LookupError` if there is none."""
-    step = db.exec(select(Step).where(Step.run_id == run_id, Step.number == number)).first()
+    step = db.exec(_STEP, params={"run_id": run_id, "number": number}).first()
     if step is None:
         raise LookupError(f"run {run_id} has no step {number}")
     return step
@@ -146,7 +157,7 @@ def stopped(tx: Tx, run: Run, step: Step | None) -> bool:
 
 def run_steps(db: Session, run_id: str) -> list[Step]:
     """Every step of the run, in order: one read serves all of a model step's decisions."""
-    return list(db.exec(select(Step).where(Step.run_id == run_id).order_by(col(Step.number))))
+    return list(db.exec(_STEPS, params={"run_id": run_id}))
 
 
 def find_step(steps: list[Step], run_id: str, number: int) -> Step:
@@ -179,13 +190,7 @@ def invalid_streak(steps: list[Step]) -> tuple[int, str]:
 
 def thread_history(db: Session, thread_id: str) -> list[ThreadMessage]:
     """The thread's stored messages, oldest first."""
-    return list(
-        db.exec(
-            select(ThreadMessage)
-            .where(ThreadMessage.thread_id == thread_id)
-            .order_by(col(ThreadMessage.position))
-        )
-    )
+    return list(db.exec(_HISTORY, params={"thread_id": thread_id}))
 
 
 def conversation(history: list[ThreadMessage]) -> tuple[Message, ...]:
@@ -193,22 +198,57 @@ def conversation(history: list[ThreadMessage]) -> tuple[Message, ...]:
     return tuple(message_from_json({"role": r.role, "parts": r.parts}) for r in history)
 
 
+_MESSAGES = ThreadMessage.__table__  # type: ignore[attr-defined]
+# Built once (every model step appends): the position is one past the thread's last,
+# counted by the database inside the INSERT itself.
+_APPEND = insert(_MESSAGES).values(
+    thread_id=bindparam("thread_id"),
+    position=select(func.coalesce(func.max(_MESSAGES.c.position), 0))
+    .where(_MESSAGES.c.thread_id == bindparam("thread_id"))
+    .scalar_subquery()
+    + 1,
+    run_id=bindparam("run_id"),
+    role=bindparam("role"),
+    parts=bindparam("parts", type_=_MESSAGES.c.parts.type),
+    created_at=bindparam("created_at", type_=_MESSAGES.c.created_at.type),
+)
+
+
 def append(db: Session, run: Run, message: Message) -> None:
-    """Add a message at the end of the run's thread, in one statement: its position
-    is one past the thread's last, counted by the database."""
-    table = ThreadMessage.__table__  # type: ignore[attr-defined]
-    last = select(func.coalesce(func.max(table.c.position), 0)).where(
-        table.c.thread_id == run.thread_id
-    )
+    """Add a message at the end of the run's thread, in one statement."""
     db.execute(
-        insert(table).values(
-            thread_id=run.thread_id,
-            position=last.scalar_subquery() + 1,
-            run_id=run.id,
-            role=message.role,
-            parts=message_to_json(message)["parts"],
-            created_at=utcnow(),
-        )
+        _APPEND,
+        {
+            "thread_id": run.thread_id,
+            "run_id": run.id,
+            "role": message.role,
+            "parts": message_to_json(message)["parts"],
+            "created_at": utcnow(),
+        },
+    )
+
+
+_STEP_ROWS = Step.__table__  # type: ignore[attr-defined]
+
+
+def add_steps(db: Session, run_id: str, steps: list[tuple[int, ToolCall | None]]) -> None:
+    """Insert pending steps, all in one statement: (number, None) is a model step,
+    (number, call) a tool step. Nothing reads them back in the same transaction."""
+    now = utcnow()
+    db.execute(
+        insert(_STEP_ROWS),
+        [
+            {
+                "run_id": run_id,
+                "number": number,
+                "kind": "model" if call is None else "tool",
+                "call_id": call.id if call else None,
+                "tool_name": call.name if call else None,
+                "arguments": call.arguments if call else None,
+                "created_at": now,
+            }
+            for number, call in steps
+        ],
     )
 
 

@@ -43,6 +43,7 @@ from tasks.records import (
     Next,
     NotReady,
     Where,
+    add_steps,
     append,
     claim,
     conversation,
@@ -94,7 +95,7 @@ def start(rt: Runtime, run_id: str) -> Next:
         run.deadline_at = now + timedelta(seconds=agent.deadline)
         tx.db.add(run)
         append(tx.db, run, Message.text("user", run.input))
-        tx.db.add(Step(run_id=run_id, number=1, kind="model"))
+        add_steps(tx.db, run_id, [(1, None)])
         tx.emit(
             run_id,
             RUN_STARTED,
@@ -253,24 +254,15 @@ def _record_response(
         if isinstance(decision, loop.Finish):
             return Next(finish=True)
         if isinstance(decision, loop.Continue):
-            tx.db.add(Step(run_id=run_id, number=number + 1, kind="model"))
+            add_steps(tx.db, run_id, [(number + 1, None)])
             return Next(model=number + 1)
         plan = loop.plan_tools(number, len(decision.calls))
         queues = []
         for call, tool_number in zip(decision.calls, plan.tool_steps, strict=True):
-            tx.db.add(
-                Step(
-                    run_id=run_id,
-                    number=tool_number,
-                    kind="tool",
-                    call_id=call.id,
-                    tool_name=call.name,
-                    arguments=call.arguments,
-                )
-            )
             tool = agent.tool(call.name)
             queues.append((tool_number, tool.queue if tool else None))
-        tx.db.add(Step(run_id=run_id, number=plan.next_model_step, kind="model"))
+        calls = list(zip(plan.tool_steps, decision.calls, strict=True))
+        add_steps(tx.db, run_id, [*calls, (plan.next_model_step, None)])
         return Next(tools=tuple(queues), model=plan.next_model_step)
 
 

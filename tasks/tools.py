@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 from collections.abc import Callable
@@ -65,11 +66,15 @@ class Tool:
             raise ConfigError(f"tool {self.name!r} needs a docstring: it is the model's guide")
         self._context_param, self.arguments_model = _arguments_model(self.name, fn, doc)
 
-    def spec(self) -> ToolSpec:
-        """The tool as a model sees it."""
+    @functools.cached_property
+    def _spec(self) -> ToolSpec:
         schema = self.arguments_model.model_json_schema()
         schema.pop("title", None)
         return ToolSpec(self.name, self.description, schema)
+
+    def spec(self) -> ToolSpec:
+        """The tool as a model sees it (built once: every model step sends it)."""
+        return self._spec
 
     def validate(self, raw_arguments: str) -> dict[str, Any]:
         """Parse and check the model's raw JSON arguments; `ToolArgumentsError` if they are bad."""
