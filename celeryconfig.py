@@ -43,10 +43,13 @@ broker_transport_options = dict(_transport)
 result_backend_transport_options = dict(_transport)
 result_expires = 24 * 3600
 
-# Task and worker events, so Flower shows every step as it happens.
+# Task and worker events, so Flower shows every step as it happens. No `task-sent`
+# events and no STARTED state in the result backend: each is one more Redis write
+# per task (a fifth of a bare hop's CPU), and Flower shows a step from the worker's
+# `task-received` and `task-started` events anyway (docs/benchmarks.md).
 worker_send_task_events = True
-task_send_sent_event = True
-task_track_started = True
+task_send_sent_event = False
+task_track_started = False
 
 # The watchdog resumes or ends runs that stopped making progress (`celery -A tasks beat`).
 beat_schedule = {
