@@ -43,12 +43,11 @@ broker_transport_options = dict(_transport)
 result_backend_transport_options = dict(_transport)
 result_expires = 24 * 3600
 
-# Task and worker events, so Flower shows every step as it happens. No `task-sent`
-# events and no STARTED state in the result backend: each is one more Redis write
-# per task (a fifth of a bare hop's CPU), and Flower shows a step from the worker's
-# `task-received` and `task-started` events anyway (docs/benchmarks.md).
+# Task and worker events, so Flower shows every step as it happens, queue included
+# (only `task-sent` carries it), from the moment it is sent. No STARTED state in the
+# result backend: nothing reads it, and it is one more Redis write per task.
 worker_send_task_events = True
-task_send_sent_event = False
+task_send_sent_event = True
 task_track_started = False
 
 # The watchdog resumes or ends runs that stopped making progress (`celery -A tasks beat`).
