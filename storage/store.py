@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, bindparam, insert, update
+from sqlalchemy import Engine, bindparam, insert, inspect, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from storage.events import LIVE_ONLY, MODEL_COMPLETED, MODEL_RETRACTED, MODEL_STARTED
@@ -20,7 +21,12 @@ log = logging.getLogger(__name__)
 
 MODEL_HISTORY = (MODEL_STARTED, MODEL_COMPLETED, MODEL_RETRACTED)
 EVENTS = Event.__table__  # type: ignore[attr-defined]
-_HELD = "stepwise.held_runs"  # Session.info key: the runs whose rows this transaction locked
+RUNS = Run.__table__  # type: ignore[attr-defined]
+# Session.info keys: the runs whose rows this transaction locked (or inserted), and
+# the event counters of those runs that are not written yet.
+EVENT_COLUMNS = ("run_id", "seq", "type", "step", "data", "created_at")
+_HELD = "stepwise.held_runs"
+_COUNTERS = "stepwise.unwritten_counters"
 
 
 def hold(db: Session, run: Run) -> Run:
@@ -43,8 +49,33 @@ _LOCK_RUN = (
 )
 
 
+# A held run's event counter, written with its events (`Tx.write_events`); on Postgres
+# one event and its counter go in one statement, through a data-modifying CTE.
+_COUNTER = (
+    update(RUNS)
+    .where(RUNS.c.id == bindparam("c_id"))
+    .values(last_seq=bindparam("c_seq"), progressed_at=bindparam("c_at"))
+)
+_EVENT_WITH_COUNTER = (
+    insert(EVENTS)
+    # Bind names that are no column's: an UPDATE reads a parameter named after one
+    # of its table's columns as a value to set.
+    .values({c: bindparam(f"e_{c}", type_=EVENTS.c[c].type) for c in EVENT_COLUMNS})
+    .add_cte(
+        update(RUNS)
+        .where(RUNS.c.id == bindparam("e_run_id"))
+        .values(last_seq=bindparam("e_seq"), progressed_at=bindparam("e_created_at"))
+        .cte("counter")
+    )
+)
+
+
 def lock_run(db: Session, run_id: str) -> Run | None:
     """The run with its row locked until the transaction ends, read fresh; None if absent."""
+    counters = db.info.get(_COUNTERS, {})
+    if run_id in counters:  # read fresh, the row must not lose this transaction's count
+        seq, at = counters.pop(run_id)
+        db.execute(_COUNTER, {"c_id": run_id, "c_seq": seq, "c_at": at})
     run = db.exec(_LOCK_RUN, params={"run_id": run_id}).first()
     return hold(db, run) if run is not None else None
 
@@ -79,14 +110,7 @@ class Emitted:
 
     def row(self) -> dict[str, Any]:
         """The event's columns."""
-        return {
-            "run_id": self.run_id,
-            "seq": self.seq,
-            "type": self.type,
-            "step": self.step,
-            "data": self.data,
-            "created_at": self.created_at,
-        }
+        return {c: getattr(self, c) for c in EVENT_COLUMNS}
 
 
 def event_payload(event: EventRecord) -> dict[str, Any]:
@@ -123,10 +147,8 @@ class Tx:
         now = utcnow()
         run = self.db.info.get(_HELD, {}).get(run_id)
         if run is not None:
-            run.last_seq += 1
-            run.progressed_at = now
-            self.db.add(run)
-            seq = run.last_seq
+            seq = run.last_seq + 1
+            _count(self.db, run, seq, now)
         else:
             seq = self.db.execute(
                 update(Run)
@@ -139,19 +161,43 @@ class Tx:
         return event
 
     def write_events(self) -> None:
-        """Insert the events emitted so far, all in one statement.
+        """Insert the events emitted so far, with their runs' counters, in one statement.
 
         Events are append-only and nothing reads them back in the transaction, so
-        they skip the ORM's unit of work: a Core INSERT of every row at once costs
-        a fraction of one flush per event. The flush first writes the runs (and
-        their counters) the events belong to.
+        they skip the ORM's unit of work: one Core INSERT of every row. On Postgres
+        the held runs' counters ride along in the same statement (a data-modifying
+        CTE); elsewhere they take an UPDATE of their own.
         """
         pending = self.outbox[self._written :]
         if not pending:
             return
-        self.db.flush()
-        self.db.execute(insert(EVENTS), [e.row() for e in pending])
+        self.db.flush()  # the runs (and threads, steps) the events refer to
+        counters = self.db.info.pop(_COUNTERS, {})
+        postgres = self.db.get_bind().dialect.name == "postgresql"
+        if postgres and len(pending) == 1 and set(counters) == {pending[0].run_id}:
+            event = pending[0]  # the common case
+            self.db.execute(_EVENT_WITH_COUNTER, {f"e_{c}": v for c, v in event.row().items()})
+        else:
+            for run_id, (seq, at) in counters.items():
+                self.db.execute(_COUNTER, {"c_id": run_id, "c_seq": seq, "c_at": at})
+            self.db.execute(insert(EVENTS), [e.row() for e in pending])
         self._written = len(self.outbox)
+
+
+def _count(db: Session, run: Run, seq: int, at: datetime) -> None:
+    """Give a held run its new last event number and progress time.
+
+    A run the database already has keeps them out of the ORM's flush: they are
+    committed values for the session, and `Tx.write_events` writes them with the
+    events. A run this transaction inserts gets them in its INSERT.
+    """
+    if inspect(run).persistent:
+        set_committed_value(run, "last_seq", seq)
+        set_committed_value(run, "progressed_at", at)
+        db.info.setdefault(_COUNTERS, {})[run.id] = (seq, at)
+    else:
+        run.last_seq, run.progressed_at = seq, at
+        db.add(run)
 
 
 Observer = Callable[["Store", dict[str, Any]], None]

@@ -15,6 +15,8 @@ from sqlmodel import Session
 
 from storage import Event, LocalFanout, Run, Store, Thread, make_engine, upgrade
 from storage.events import MODEL_STARTED, RUN_QUEUED, TOOL_COMPLETED
+from storage.models import aware
+from storage.store import lock_run
 
 THREADS = 8
 EVENTS_PER_THREAD = 12
@@ -245,3 +247,63 @@ def test_live_only_events_are_never_stored(store):
         {"text": "hi"},
     )
     assert store.events_after(run_id, 0) == []
+
+
+def _progressed_at(store: Store, run_id: str):
+    with Session(store.engine) as db:
+        run = db.get(Run, run_id)
+        assert run is not None and run.progressed_at is not None
+        return aware(run.progressed_at)
+
+
+def test_a_locked_run_numbers_its_events_and_writes_its_counter_with_them(store):
+    run_id = _new_run(store)
+    with store.transaction() as tx:
+        lock_run(tx.db, run_id)
+        only = tx.emit(run_id, RUN_QUEUED, {})
+    with store.transaction() as tx:
+        lock_run(tx.db, run_id)
+        tx.emit(run_id, MODEL_STARTED, {}, step=1)
+        last = tx.emit(run_id, TOOL_COMPLETED, {}, step=2)
+    assert only.seq == 1 and _seqs(store, run_id) == [1, 2, 3]
+    assert _last_seq(store, run_id) == 3
+    assert _progressed_at(store, run_id) == last.created_at
+
+
+def test_a_run_locked_again_after_an_event_keeps_its_count(store):
+    run_id = _new_run(store)
+    with store.transaction() as tx:
+        lock_run(tx.db, run_id)
+        tx.emit(run_id, RUN_QUEUED, {})
+        again = lock_run(tx.db, run_id)  # read fresh: it must not lose the count above
+        assert again is not None and again.last_seq == 1
+        tx.emit(run_id, MODEL_STARTED, {}, step=1)
+    assert _seqs(store, run_id) == [1, 2]
+    assert _last_seq(store, run_id) == 2
+
+
+def test_a_locked_run_that_changed_writes_its_change_and_its_counter(store):
+    run_id = _new_run(store)
+    with store.transaction() as tx:
+        run = lock_run(tx.db, run_id)
+        assert run is not None
+        run.status = "running"
+        tx.db.add(run)
+        tx.emit(run_id, MODEL_STARTED, {}, step=1)
+    with Session(store.engine) as db:
+        stored = db.get(Run, run_id)
+        assert stored is not None and (stored.status, stored.last_seq) == ("running", 1)
+    assert _seqs(store, run_id) == [1]
+
+
+def test_a_rolled_back_locked_run_keeps_neither_its_events_nor_its_count(store):
+    run_id = _new_run(store)
+    with pytest.raises(Boom), store.transaction() as tx:
+        lock_run(tx.db, run_id)
+        tx.emit(run_id, RUN_QUEUED, {})
+        raise Boom
+    with store.transaction() as tx:
+        lock_run(tx.db, run_id)
+        tx.emit(run_id, MODEL_STARTED, {})
+    assert _seqs(store, run_id) == [1]
+    assert _last_seq(store, run_id) == 1
