@@ -75,6 +75,7 @@ def cluster(
     database_url: str,
     *,
     redis_url: str,
+    broker_url: str,
     workers: int,
     latency: float,
     tools: str,
@@ -89,7 +90,8 @@ def cluster(
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     env = {
         **os.environ,
-        "CELERY_BROKER_URL": redis_url,
+        "CELERY_BROKER_URL": broker_url,
+        "CELERY_RESULT_BACKEND": redis_url,
         "STEPWISE_REDIS_URL": redis_url,
         "STEPWISE_REDIS_KEY_PREFIX": prefix,
         "STEPWISE_DATABASE_URL": database_url,
@@ -124,7 +126,8 @@ def client_app(env: dict[str, str]) -> Celery:
     """A Celery app of this process for one cluster: its broker, its key prefix."""
     app = Celery("bench-client")
     app.config_from_object("celeryconfig")
-    app.conf.broker_url = app.conf.result_backend = env["CELERY_BROKER_URL"]
+    app.conf.broker_url = env["CELERY_BROKER_URL"]
+    app.conf.result_backend = env["CELERY_RESULT_BACKEND"]
     options = {"global_keyprefix": env["STEPWISE_REDIS_KEY_PREFIX"]}
     app.conf.broker_transport_options = app.conf.result_backend_transport_options = options
     app.conf.task_routes = {"bench.hop": {"queue": QUEUE}}
@@ -186,6 +189,7 @@ def profiling(pids: list[int], label: str) -> Iterator[None]:
                 "--rate",
                 "200",
                 "--nonblocking",
+                "--gil",  # only the thread holding the GIL: where the CPU goes
                 "--output",
                 str(out / f"profile-{label}-worker{n}.txt"),
             ],

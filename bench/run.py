@@ -78,6 +78,7 @@ class Config:
     timeout: float = 600.0
     database_url: str = LOCAL_DATABASE
     redis_url: str = LOCAL_REDIS
+    broker_url: str = ""  # empty: Redis (`redis_url`) is the broker too
     record: bool = True
     profile: bool = False
     output: Path = RESULTS
@@ -246,6 +247,7 @@ def run_benchmark(cfg: Config) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     pools: dict[str, Any] = {
         "redis_url": cfg.redis_url,
+        "broker_url": cfg.broker_url or cfg.redis_url,
         "tools": cfg.tools,
         "pool": cfg.pool,
         "concurrency": cfg.concurrency,
@@ -295,6 +297,7 @@ def parse(argv: list[str]) -> Config:
     add("--timeout", type=float, default=600.0, help="seconds to wait for a scenario's runs")
     add("--database-url", default=env.get("STEPWISE_DATABASE_URL") or LOCAL_DATABASE)
     add("--redis-url", default=env.get("STEPWISE_REDIS_URL") or LOCAL_REDIS)
+    add("--broker-url", default="", help="Celery's broker (amqp://…); default: the Redis URL")
     add("--output", type=Path, default=RESULTS, help="where the JSON figures go")
     add("--profile", action="store_true", help="py-spy the workers (needs py-spy and ptrace)")
     add(
