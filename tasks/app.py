@@ -311,7 +311,8 @@ def canvas(run_id: str, after: records.Next) -> Signature | None:
     if len(tools) > 1 and then is not None:
         return chord(tools, then)
     if len(tools) == 1 and then is not None:
-        return chain(tools[0], then)
+        # A chain needs no stored result (a chord counts them): one Redis write less.
+        return chain(tools[0].set(ignore_result=True), then)
     return then
 
 

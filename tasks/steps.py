@@ -251,8 +251,9 @@ def _record_response(
         if isinstance(decision, loop.Fail):
             finish(tx, run, "failed", reason=decision.reason)
             return NOTHING
-        if isinstance(decision, loop.Finish):
-            return Next(finish=True)
+        if isinstance(decision, loop.Finish):  # in this transaction: no task of its own
+            finish(tx, run, "succeeded", result=decision.answer)
+            return NOTHING
         if isinstance(decision, loop.Continue):
             add_steps(tx.db, run_id, [(number + 1, None)])
             return Next(model=number + 1)
@@ -267,7 +268,11 @@ def _record_response(
 
 
 def finish_run(rt: Runtime, run_id: str) -> None:
-    """End a run whose model gave its final answer."""
+    """End a run whose model gave its final answer.
+
+    A model step that records a final answer ends its run itself; this serves the
+    watchdog and `stepwise.finish_run` messages sent by an earlier version.
+    """
     with rt.store.transaction() as tx:
         run = locked_run(tx.db, run_id)
         if run.status in TERMINAL or stopped(tx, run, None):

@@ -221,7 +221,6 @@ def test_a_run_is_one_trace_from_its_run_span_through_celery_messages_to_each_st
     # Every task of the run is in its trace, and its span names the run.
     consumers = [s for s in mine if s.kind == "CONSUMER"]
     assert sorted(s.name.removeprefix("run/stepwise.") for s in consumers) == [
-        "finish_run",
         "model_step",
         "model_step",
         "start_run",
