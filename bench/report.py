@@ -73,11 +73,23 @@ def table(figures: dict[str, Any]) -> str:
             verdict = "not shown: fewer than 1,000 in flight"
         else:
             verdict = "met" if rss < 300 else "missed"
+        pool = figures.get("config", {}).get("memory_pool", "")
         rows.append(
-            f"| one worker, {in_flight} model calls in flight: peak RSS | {rss} MB | "
+            f"| one {pool} worker, {in_flight} model calls in flight: peak RSS | {rss} MB | "
             f"| < 300 MB with ≥ 1,000 in flight ({verdict}) |"
         )
     return "\n".join(rows)
+
+
+def _memory(figures: dict[str, Any]) -> str:
+    """How the memory scenario's worker ran, if it ran."""
+    if "memory" not in figures:
+        return ""
+    cfg = figures["config"]
+    return (
+        f" Memory: 1 x `-P {cfg['memory_pool']} -c {cfg['memory_concurrency']}`, "
+        f"model latency {cfg['memory_latency']} s."
+    )
 
 
 def plot(figures: dict[str, Any], path: Path) -> None:
@@ -121,7 +133,8 @@ def record(figures: dict[str, Any], text: str, doc: Path = DOC) -> None:
         f"\n### {figures['date']}: `{figures['command']}`\n\n"
         f"Machine: {describe(figures['machine'])}.\n"
         f"Workers: {cfg['workers']} x `-P {cfg['pool']} -c {cfg['concurrency']}`; "
-        f"model latency {cfg['latency']} s, tool rounds `{cfg['tools']}`.\n\n{text}\n"
+        f"model latency {cfg['latency']} s, tool rounds `{cfg['tools']}`.{_memory(figures)}\n\n"
+        f"{text}\n"
     )
     with doc.open("a") as out:
         out.write(section)

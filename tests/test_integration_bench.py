@@ -50,6 +50,9 @@ def _figures() -> dict[str, Any]:
             "concurrency": 1000,
             "latency": 1.0,
             "tools": "1,1",
+            "memory_pool": "gevent",
+            "memory_concurrency": 1100,
+            "memory_latency": 60.0,
         },
         "command": "python -m bench.run",
         "date": "2026-11-21 12:00",
@@ -86,6 +89,7 @@ def test_a_recorded_run_names_its_command_and_machine(tmp_path: Path) -> None:
     assert text.startswith("# Benchmarks\n")
     assert "### 2026-11-21 12:00: `python -m bench.run`" in text
     assert "2 CPUs (a CPU)" in text and "PostgreSQL 15 (synchronous_commit on" in text
+    assert "Memory: 1 x `-P gevent -c 1100`, model latency 60.0 s." in text
     assert text.rstrip().endswith("| the table |")
 
 
@@ -124,6 +128,8 @@ def test_every_scenario_runs_on_real_workers_and_every_run_succeeds(
         "5",
         "--memory-latency",
         "1.0",
+        "--memory-concurrency",
+        "20",
         "--no-record",
         "--output",
         str(output),
@@ -136,8 +142,8 @@ def test_every_scenario_runs_on_real_workers_and_every_run_succeeds(
     assert figures["baseline"]["hop_ms"]["n"] == 9
     assert figures["baseline"]["insert_commit_ms"]["n"] == 20
     assert figures["baseline"]["hop_cpu_ms"] > 0
-    # start → 5 steps → finish: 6 gaps a run
-    assert figures["overhead"]["runs"] == 2 and figures["overhead"]["step_ms"]["n"] == 12
+    # start → 5 steps, the last of which ends the run: 5 gaps a run
+    assert figures["overhead"]["runs"] == 2 and figures["overhead"]["step_ms"]["n"] == 10
     (level,) = figures["concurrency"]
     assert level["runs"] == level["succeeded"] == 4
     assert level["wall_s"] >= 0.3  # three model calls of 0.1 s each, one after another
