@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 MODEL_HISTORY = (MODEL_STARTED, MODEL_COMPLETED, MODEL_RETRACTED)
 EVENTS = Event.__table__  # type: ignore[attr-defined]
 RUNS = Run.__table__  # type: ignore[attr-defined]
+EVENT_COLUMNS = ("run_id", "seq", "type", "step", "data", "created_at")
 # Session.info keys: the runs whose rows this transaction locked (or inserted), and
 # the event counters of those runs that are not written yet.
-EVENT_COLUMNS = ("run_id", "seq", "type", "step", "data", "created_at")
 _HELD = "stepwise.held_runs"
 _COUNTERS = "stepwise.unwritten_counters"
 
@@ -32,8 +32,8 @@ _COUNTERS = "stepwise.unwritten_counters"
 def hold(db: Session, run: Run) -> Run:
     """Note that this transaction owns `run`'s row (locked, or inserted by it).
 
-    Events of a held run take their numbers from the row in memory, and the
-    flush writes the counter with the run's other changes: no extra round trip.
+    Events of a held run take their numbers from the row in memory, and the counter
+    is written with the events when the transaction ends: no extra round trip.
     """
     db.info.setdefault(_HELD, {})[run.id] = run
     return run
