@@ -151,3 +151,24 @@ def test_every_scenario_runs_on_real_workers_and_every_run_succeeds(
     assert memory["succeeded"] == 5
     assert memory["peak_model_calls_in_flight"] >= 1 and memory["peak_worker_rss_mb"] > 0
     assert "| figure | value |" in done.stdout
+
+
+@pytest.mark.services
+def test_the_step_benchmark_steps_runs_in_process_and_counts_their_sql(
+    services: None, tmp_path: Path
+) -> None:
+    output = tmp_path / "steps.json"
+    argv = [sys.executable, "-m", "bench.steps", "--runs", "3", "--warmup", "1"]
+
+    done = subprocess.run(
+        [*argv, "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    figures = json.loads(output.read_text())
+    # Each run of the bench agent: accepted, started, 3 model steps and 2 tool steps.
+    counts = {kind: figures[kind]["count"] for kind in ("accept", "start", "model", "tool")}
+    assert counts == {"accept": 3, "start": 3, "model": 9, "tool": 6}
+    assert all(figures[kind]["statements"] >= 3 for kind in counts)
+    assert figures["step_cpu_ms_mean"] > 0
+    assert "| model | 9 |" in done.stdout
