@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -33,7 +35,33 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_size=10, max_overflow=20)
+    event.listen(engine, "checkout", _discard_if_closed)
+    return engine
+
+
+def _discard_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """At checkout, replace a pooled connection the server has closed.
+
+    An idle connection has nothing to read unless the server said something on its
+    own: the FATAL it sends before closing (a restart, a terminated backend, an idle
+    timeout), or the close itself. So a readable socket means the connection is gone
+    (or, rarely, carries a notice), and the pool opens a new one. This takes one
+    poll() instead of the round trip of a pre-ping, which every transaction paid
+    for. What it cannot see is a server that vanished without closing: a step then
+    fails on its first statement and retries, as it does for any database error.
+    """
+    if dbapi_connection.closed or _readable(dbapi_connection.fileno()):
+        raise DisconnectionError("the server closed this pooled connection")
+
+
+def _readable(fd: int) -> bool:
+    """True if the socket has data (or its end) waiting; poll() takes any fd number."""
+    if hasattr(select, "poll"):  # gevent's monkey-patching removes it; select() serves then
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
