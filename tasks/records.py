@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, insert
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -103,8 +103,9 @@ def step_of(db: Session, run_id: str, number: int) -> Step:
     return step
 
 
-def claim(step: Step, where: Where, lease: float) -> bool:
-    """Take the step for this task; False while another copy of it holds the lease.
+def claim(tx: Tx, step: Step, where: Where, lease: float, **also: Any) -> bool:
+    """Take the step for this task and write it so; False while another copy of it
+    holds the lease. `also` are more columns to write with the claim.
 
     The same task id may always take it again: that is a retry, or a redelivery
     of the very message whose worker died. A different copy (a re-dispatch) waits
@@ -114,19 +115,22 @@ def claim(step: Step, where: Where, lease: float) -> bool:
     held = step.status == "running" and step.lease_until and aware(step.lease_until) > now
     if held and step.task_id != where.task_id:
         return False
-    step.status = "running"
-    step.attempts += 1
-    step.started_at = now
-    step.lease_until = now + timedelta(seconds=lease)
-    step.task_id, step.queue = where.task_id, where.queue
+    tx.write(
+        step,
+        status="running",
+        attempts=step.attempts + 1,
+        started_at=now,
+        lease_until=now + timedelta(seconds=lease),
+        task_id=where.task_id,
+        queue=where.queue,
+        **also,
+    )
     return True
 
 
-def end_step(tx: Tx, step: Step, status: str, error: str | None = None) -> None:
-    """Give the step its final status and drop its lease."""
-    step.status, step.error, step.finished_at = status, error, utcnow()
-    step.lease_until = None
-    tx.db.add(step)
+def end_step(tx: Tx, step: Step, status: str, error: str | None = None, **also: Any) -> None:
+    """Give the step its final status (and `also` these columns) and drop its lease."""
+    tx.write(step, status=status, error=error, finished_at=utcnow(), lease_until=None, **also)
 
 
 def stopped(tx: Tx, run: Run, step: Step | None) -> bool:

@@ -214,11 +214,7 @@ def finish(
     """Move a (locked) run to a terminal status, once; False if it had already ended."""
     if run.status in TERMINAL:
         return False
-    run.status = status
-    run.result = result
-    run.error = reason
-    run.finished_at = now or utcnow()
-    tx.db.add(run)
+    tx.write(run, status=status, result=result, error=reason, finished_at=now or utcnow())
     data: dict[str, Any] = {"status": status, "usage": run.usage, "cost_usd": run.cost_usd}
     if reason is not None:
         data["reason"] = reason

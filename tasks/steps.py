@@ -91,15 +91,14 @@ def start(rt: Runtime, run_id: str) -> Next:
             finish(tx, run, "failed", reason=f"{error} (on this worker)")
             return NOTHING
         now = utcnow()
-        run.status, run.started_at = "running", now
-        run.deadline_at = now + timedelta(seconds=agent.deadline)
-        tx.db.add(run)
+        deadline = now + timedelta(seconds=agent.deadline)
+        tx.write(run, status="running", started_at=now, deadline_at=deadline)
         append(tx.db, run, Message.text("user", run.input))
         add_steps(tx.db, run_id, [(1, None)])
         tx.emit(
             run_id,
             RUN_STARTED,
-            {"agent": agent.name, "model": agent.model, "deadline": run.deadline_at.isoformat()},
+            {"agent": agent.name, "model": agent.model, "deadline": deadline.isoformat()},
         )
     return Next(model=1)
 
@@ -174,9 +173,8 @@ def _begin(
             finish(tx, run, "failed", reason=reason)
             return reason
         interrupted = step.status == "running"  # an earlier attempt died mid-call
-        if not claim(step, where, agent.step_timeout):
+        if not claim(tx, step, where, agent.step_timeout):
             return NOTHING  # another copy of this step is running it
-        tx.db.add(step)
         if interrupted:
             _retract(tx, run_id, number, step.attempts - 1, "the earlier attempt was interrupted")
         tx.emit(run_id, MODEL_STARTED, {"model": agent.model, "attempt": step.attempts}, number)
@@ -200,8 +198,7 @@ def _release(rt: Runtime, run_id: str, number: int, *, retract: bool) -> None:
         run, step = locked_step(tx.db, run_id, number)
         if step.status != "running" or run.status in TERMINAL:
             return
-        step.status, step.lease_until = "pending", None
-        tx.db.add(step)
+        tx.write(step, status="pending", lease_until=None)
         if retract:
             _retract(tx, run_id, number, step.attempts, "the call failed and will be retried")
 
@@ -215,19 +212,23 @@ def _record_response(
         step = find_step(steps, run_id, number)
         if step.status == "succeeded":  # a duplicate delivery finished first
             return _continuation(rt, tx.db, run, step)
-        step.output = {
-            "message": message_to_json(response.message),
-            "finish_reason": response.finish_reason,
-            "model": response.model,
-        }
-        step.usage = usage_to_json(response.usage)
-        step.cost_usd = rt.prices.cost(response.usage, response.model, agent.model)
-        end_step(tx, step, "succeeded")
+        cost = rt.prices.cost(response.usage, response.model, agent.model)
+        end_step(
+            tx,
+            step,
+            "succeeded",
+            output={
+                "message": message_to_json(response.message),
+                "finish_reason": response.finish_reason,
+                "model": response.model,
+            },
+            usage=usage_to_json(response.usage),
+            cost_usd=cost,
+        )
         append(tx.db, run, response.message)
-        run.usage = usage_to_json(usage_from_json(run.usage) + response.usage)
-        if step.cost_usd is not None:
-            run.cost_usd = (run.cost_usd or 0.0) + step.cost_usd
-        tx.db.add(run)
+        run_cost = run.cost_usd if cost is None else (run.cost_usd or 0.0) + cost
+        usage = usage_to_json(usage_from_json(run.usage) + response.usage)
+        tx.write(run, usage=usage, cost_usd=run_cost)
         tx.emit(
             run_id,
             MODEL_COMPLETED,

@@ -52,10 +52,9 @@ def tool_step(rt: Runtime, run_id: str, number: int, where: Where) -> None:
         tool = agent.tool(step.tool_name or "") if agent else None
         timeout = tool_timeout(tool, agent)
         earlier = step.status == "running"  # an attempt that never recorded its outcome
-        if not claim(step, where, tool_lease(tool, agent)):
+        effect_id = step.effect_id or str(uuid.uuid4())
+        if not claim(tx, step, where, tool_lease(tool, agent), effect_id=effect_id):
             return  # another copy of this step is running it
-        step.effect_id = step.effect_id or str(uuid.uuid4())
-        tx.db.add(step)
         if earlier and not (tool and tool.idempotent):
             _outcome_unknown(tx, run, step, agent)
             return
@@ -66,12 +65,12 @@ def tool_step(rt: Runtime, run_id: str, number: int, where: Where) -> None:
                 "call_id": step.call_id,
                 "name": step.tool_name,
                 "arguments": step.arguments,
-                "effect_id": step.effect_id,
+                "effect_id": effect_id,
                 "attempt": step.attempts,
             },
             number,
         )
-        context = ToolContext(run_id, number, step.call_id or "", step.effect_id, step.attempts)
+        context = ToolContext(run_id, number, step.call_id or "", effect_id, step.attempts)
         name, arguments = step.tool_name or "", step.arguments or ""
 
     outcome = _run_tool(agent, tool, name, arguments, context, timeout)
@@ -98,13 +97,8 @@ def _outcome_unknown(tx: Tx, run: Run, step: Step, agent: Agent | None) -> None:
         f"a result, so the call may or may not have taken effect (effect id {step.effect_id}); "
         "it was not run again"
     )
-    step.output = {
-        "content": content,
-        "is_error": True,
-        "invalid": False,
-        "outcome_unknown": True,
-    }
-    end_step(tx, step, "failed", error=content)
+    output = {"content": content, "is_error": True, "invalid": False, "outcome_unknown": True}
+    end_step(tx, step, "failed", error=content, output=output)
     data = {"call_id": step.call_id, "name": step.tool_name, "effect_id": step.effect_id}
     tx.emit(run.id, TOOL_OUTCOME_UNKNOWN, data, step.number)
     if agent is not None and agent.on_unknown_outcome == "fail":
@@ -176,16 +170,15 @@ def _record(rt: Runtime, context: ToolContext, name: str, outcome: Outcome) -> N
         run, step = locked_step(tx.db, context.run_id, context.step)
         if step.status != "running" or step.attempts != context.attempt:
             return  # cancelled meanwhile, or another copy took the step over
-        step.output = {
+        output: dict[str, Any] = {
             "content": result.content,
             "is_error": result.is_error,
             "invalid": outcome.invalid,
         }
         if outcome.timed_out:
-            step.output["timed_out"] = True
-        end_step(tx, step, "failed" if result.is_error else "succeeded", error=None)
-        if result.is_error:
-            step.error = result.content
+            output["timed_out"] = True
+        status, error = ("failed", result.content) if result.is_error else ("succeeded", None)
+        end_step(tx, step, status, error=error, output=output)
         if run.status in TERMINAL:
             return  # recorded on the step; the terminal event stays the last in the log
         data: dict[str, Any] = {"call_id": context.call_id, "name": name}
