@@ -121,6 +121,7 @@ def start_run(
     """Record the run if the message describes a new one, then start its loop."""
     rt = current_runtime()
     try:
+        created = False
         if agent is not None or input is not None or unexpected:
             fields = {
                 "agent": agent,
@@ -130,10 +131,11 @@ def start_run(
                 "metadata": metadata,
                 "owner": owner,
             }
-            run_id = _accept(rt, run_id, fields, unexpected)
+            run_id, created = _accept(rt, run_id, fields, unexpected)
         if not runs.is_uuid(run_id):
             raise UserError("stepwise.start_run needs a UUID run_id, or an agent and an input")
-        behind = schedules.waiting_behind(rt, run_id)
+        # A run this message has just created is no schedule's: only `fire` makes those.
+        behind = None if created else schedules.waiting_behind(rt, run_id)
         if behind is not None:  # its schedule queues runs: this one starts after `behind`
             waiting = schedules.Waiting(f"run {run_id} waits for run {behind} of its schedule")
             poll = min(QUEUE_POLL_MAX, 1.0 + self.request.retries / 4)
@@ -144,16 +146,17 @@ def start_run(
         _retry(self, backoff(self.request.retries), error)
 
 
-def _accept(rt: Runtime, run_id: Any, fields: dict[str, Any], unexpected: dict[str, Any]) -> str:
-    """Validate and record a run sent by name from another application.
+def _accept(
+    rt: Runtime, run_id: Any, fields: dict[str, Any], unexpected: dict[str, Any]
+) -> tuple[str, bool]:
+    """Validate and record a run sent by name from another application: (run id, created).
 
     A bad message raises `UserError` and writes nothing: the task fails with the
     reason, visible in Flower and to the caller's AsyncResult.
     """
     if unexpected:
         raise UserError(f"stepwise.start_run got unexpected arguments: {sorted(unexpected)}")
-    recorded, _ = runs.accept(rt, run_id=run_id, **fields)
-    return recorded
+    return runs.accept(rt, run_id=run_id, **fields)
 
 
 @app.task(name="stepwise.model_step", bind=True, acks_late=True, ignore_result=True)
