@@ -13,6 +13,10 @@ _broker = os.environ.get("CELERY_BROKER_URL", "")
 _redis = os.environ.get("STEPWISE_REDIS_URL", "")
 
 broker_url = _broker or "memory://"
+if _broker.startswith(("redis://", "rediss://")):
+    # Kombu's Redis transport, but one Redis client per channel, not one per command
+    # (tasks/transport.py); the messages and keys are the same.
+    broker_transport = "tasks.transport:Transport"
 # Chords need a result backend: the broker when it is Redis, else Stepwise's Redis.
 result_backend = os.environ.get("CELERY_RESULT_BACKEND") or (
     _broker if _broker.startswith(("redis://", "rediss://")) else _redis or None
