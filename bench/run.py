@@ -68,8 +68,8 @@ class Config:
     latency: float = 1.0
     tools: str = "1,1"
     pool: str = "threads"
-    concurrency: int = 500
-    workers: int = 2
+    concurrency: int = 250
+    workers: int = 4  # a threads worker uses one core at most: more processes than cores
     overhead_runs: int = 30
     hops: int = 200
     inserts: int = 500
@@ -291,8 +291,8 @@ def parse(argv: list[str]) -> Config:
     add("--latency", type=float, default=1.0, help="seconds per model call")
     add("--tools", default="1,1", help="the fake model's script: tool calls per round")
     add("--pool", default="threads", choices=("threads", "gevent", "prefork", "eventlet", "solo"))
-    add("--concurrency", type=int, default=500, help="-c of each worker")
-    add("--workers", type=int, default=2, help="Stepwise worker processes")
+    add("--concurrency", type=int, default=250, help="-c of each worker")
+    add("--workers", type=int, default=4, help="Stepwise worker processes")
     add("--overhead-runs", type=int, default=30)
     add("--hops", type=int, default=200, help="length of the baseline chain")
     add("--inserts", type=int, default=500, help="baseline INSERT + COMMITs")
