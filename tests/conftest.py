@@ -24,6 +24,7 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ("tests.stores",)  # the `store` fixture, on SQLite and on Postgres
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN = os.environ.get("STEPWISE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("STEPWISE_TEST_REDIS", "redis://127.0.0.1:6379/0")

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
-from sqlmodel import Session
 
-from storage import RedisFanout, Run, Store, Thread, make_engine
+from storage import RedisFanout, Run, Store, make_engine
 from storage.events import MODEL_STARTED, RUN_QUEUED, RUN_STARTED, RUN_SUCCEEDED, TOOL_STARTED
 from storage.fanout import INBOX_LIMIT, LOST, AsyncSubscription, Subscription
 from storage.follow import afollow, follow
 from storage.keys import run_channel
 from tests.conftest import REDIS_URL
+from tests.stores import new_run
 from tests.test_integration_support import wait_until
 
 if TYPE_CHECKING:
@@ -92,16 +92,6 @@ def engine(database_url: str) -> Iterator[Any]:
     engine = make_engine(database_url)
     yield engine
     engine.dispose()
-
-
-def new_run(store: Store) -> str:
-    run_id = str(uuid.uuid4())
-    with Session(store.engine) as db:
-        db.add(Thread(id=run_id))
-        db.flush()
-        db.add(Run(id=run_id, agent="hub", input="listen", thread_id=run_id, status="running"))
-        db.commit()
-    return run_id
 
 
 def emit(store: Store, run_id: str, kind: str, step: int | None = None) -> int:
@@ -217,7 +207,7 @@ def test_an_inbox_that_overflows_hands_its_follower_lost_then_the_oldest_message
 def test_a_follower_whose_inbox_overflows_reads_what_it_lost_from_the_database_once(engine):
     fanout = RecordingFanout(REDIS_URL, limit=4)
     store = Store(engine, fanout)
-    run_id = new_run(store)
+    run_id = new_run(store, agent="hub", input="listen", status="running")
     emit(store, run_id, RUN_QUEUED)
     emit(store, run_id, RUN_STARTED)
     try:
@@ -252,7 +242,7 @@ def test_followers_started_before_a_redis_restart_see_every_stored_event_once_af
 ):
     fanout = RecordingFanout(private_redis.url)
     store = Store(engine, fanout)
-    runs = [new_run(store) for _ in range(3)]
+    runs = [new_run(store, agent="hub", input="listen", status="running") for _ in range(3)]
     for run_id in runs:
         emit(store, run_id, RUN_QUEUED)
         emit(store, run_id, RUN_STARTED)

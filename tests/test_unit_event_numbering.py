@@ -5,18 +5,17 @@ Postgres is down, failing in CI).
 """
 
 import threading
-import uuid
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from storage import Event, LocalFanout, Run, Store, Thread, make_engine, upgrade
+from storage import Event, Run, Store
 from storage.events import MODEL_STARTED, RUN_QUEUED, TOOL_COMPLETED
 from storage.models import aware
 from storage.store import lock_run
+from tests.stores import new_run  # its `store` fixture comes through conftest
 
 THREADS = 8
 EVENTS_PER_THREAD = 12
@@ -24,28 +23,6 @@ EVENTS_PER_THREAD = 12
 
 class Boom(Exception):
     """Raised inside a transaction to roll it back."""
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
-def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:
-    """A store on a migrated database: SQLite in a temporary folder, or the test Postgres."""
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'events.db'}")
-        upgrade(engine)
-    else:
-        engine = make_engine(request.getfixturevalue("database_url"))
-    yield Store(engine, LocalFanout())
-    engine.dispose()
-
-
-def _new_run(store: Store) -> str:
-    run_id = str(uuid.uuid4())
-    with Session(store.engine) as db:
-        db.add(Thread(id=run_id))
-        db.flush()
-        db.add(Run(id=run_id, agent="demo", input="hello", thread_id=run_id))
-        db.commit()
-    return run_id
 
 
 def _seqs(store: Store, run_id: str) -> list[int]:
@@ -60,7 +37,7 @@ def _last_seq(store: Store, run_id: str) -> int:
 
 
 def test_events_of_one_run_are_numbered_from_one_in_order(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     with store.transaction() as tx:
         first = tx.emit(run_id, RUN_QUEUED, {"agent": "demo"})
         second = tx.emit(run_id, MODEL_STARTED, {}, step=1)
@@ -78,7 +55,7 @@ def test_events_of_one_run_are_numbered_from_one_in_order(store):
 
 
 def test_each_run_has_its_own_numbering(store):
-    one, two = _new_run(store), _new_run(store)
+    one, two = new_run(store), new_run(store)
     with store.transaction() as tx:
         tx.emit(one, RUN_QUEUED, {})
         tx.emit(two, RUN_QUEUED, {})
@@ -88,7 +65,7 @@ def test_each_run_has_its_own_numbering(store):
 
 
 def test_events_after_returns_only_later_events(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     with store.transaction() as tx:
         for _ in range(5):
             tx.emit(run_id, MODEL_STARTED, {})
@@ -97,7 +74,7 @@ def test_events_after_returns_only_later_events(store):
 
 
 def test_concurrent_appends_to_one_run_are_numbered_without_gaps_or_duplicates(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     start = threading.Barrier(THREADS)
     errors: list[BaseException] = []
     emitted: list[int] = []
@@ -133,7 +110,7 @@ def test_concurrent_appends_to_one_run_are_numbered_without_gaps_or_duplicates(s
 
 
 def test_a_rolled_back_transaction_leaves_no_gap(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     with store.transaction() as tx:
         tx.emit(run_id, RUN_QUEUED, {})
     with pytest.raises(Boom), store.transaction() as tx:
@@ -150,7 +127,7 @@ def test_a_rolled_back_transaction_leaves_no_gap(store):
 
 
 def test_concurrent_appends_with_rollbacks_leave_no_gaps(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     start = threading.Barrier(THREADS)
     errors: list[BaseException] = []
 
@@ -181,7 +158,7 @@ def test_concurrent_appends_with_rollbacks_leave_no_gaps(store):
 
 
 def test_the_unique_constraint_rejects_a_duplicate_event_number(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     with store.transaction() as tx:
         tx.emit(run_id, RUN_QUEUED, {})
     with Session(store.engine) as db:
@@ -196,7 +173,7 @@ def test_the_unique_constraint_rejects_a_duplicate_event_number(store):
 
 
 def test_the_same_number_may_appear_in_different_runs(store):
-    one, two = _new_run(store), _new_run(store)
+    one, two = new_run(store), new_run(store)
     with Session(store.engine) as db:
         db.add(Event(run_id=one, seq=1, type=RUN_QUEUED, data={}))
         db.add(Event(run_id=two, seq=1, type=RUN_QUEUED, data={}))
@@ -204,7 +181,7 @@ def test_the_same_number_may_appear_in_different_runs(store):
 
 
 def test_events_are_published_only_after_commit(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     with store.fanout.subscribe(run_id) as live:
         with store.transaction() as tx:
             tx.emit(run_id, RUN_QUEUED, {"agent": "demo"})
@@ -218,7 +195,7 @@ def test_events_are_published_only_after_commit(store):
 
 
 def test_a_transaction_that_raised_publishes_nothing(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     with store.fanout.subscribe(run_id) as live:
         with pytest.raises(Boom), store.transaction() as tx:
             tx.emit(run_id, RUN_QUEUED, {})
@@ -233,7 +210,7 @@ def test_a_transaction_that_raised_publishes_nothing(store):
 
 
 def test_live_only_events_are_never_stored(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     with pytest.raises(AssertionError, match=r"model\.delta"), store.transaction() as tx:
         tx.emit(run_id, "model.delta", {"text": "hi"})
     assert store.events_after(run_id, 0) == []
@@ -257,7 +234,7 @@ def _progressed_at(store: Store, run_id: str):
 
 
 def test_a_locked_run_numbers_its_events_and_writes_its_counter_with_them(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     with store.transaction() as tx:
         lock_run(tx.db, run_id)
         only = tx.emit(run_id, RUN_QUEUED, {})
@@ -271,7 +248,7 @@ def test_a_locked_run_numbers_its_events_and_writes_its_counter_with_them(store)
 
 
 def test_a_run_locked_again_after_an_event_keeps_its_count(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     with store.transaction() as tx:
         lock_run(tx.db, run_id)
         tx.emit(run_id, RUN_QUEUED, {})
@@ -283,7 +260,7 @@ def test_a_run_locked_again_after_an_event_keeps_its_count(store):
 
 
 def test_a_locked_run_that_changed_writes_its_change_and_its_counter(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     with store.transaction() as tx:
         run = lock_run(tx.db, run_id)
         assert run is not None
@@ -297,7 +274,7 @@ def test_a_locked_run_that_changed_writes_its_change_and_its_counter(store):
 
 
 def test_a_rolled_back_locked_run_keeps_neither_its_events_nor_its_count(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     with pytest.raises(Boom), store.transaction() as tx:
         lock_run(tx.db, run_id)
         tx.emit(run_id, RUN_QUEUED, {})

@@ -1,35 +1,14 @@
 """`Tx.write`: a row's columns written in one UPDATE, on SQLite and on Postgres."""
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import event
 from sqlmodel import Session
 
-from storage import LocalFanout, Run, Store, Thread, make_engine, upgrade
+from storage import Run, Store, Thread
 from storage.store import lock_run
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
-def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'write.db'}")
-        upgrade(engine)
-    else:
-        engine = make_engine(request.getfixturevalue("database_url"))
-    yield Store(engine, LocalFanout())
-    engine.dispose()
-
-
-def _new_run(store: Store) -> str:
-    run_id = str(uuid.uuid4())
-    with Session(store.engine) as db:
-        db.add(Thread(id=run_id))
-        db.flush()
-        db.add(Run(id=run_id, agent="demo", input="hello", thread_id=run_id))
-        db.commit()
-    return run_id
+from tests.stores import new_run  # its `store` fixture comes through conftest
 
 
 def _statements(store: Store) -> list[str]:
@@ -39,7 +18,7 @@ def _statements(store: Store) -> list[str]:
 
 
 def test_written_columns_are_stored_with_one_update_and_nothing_is_flushed_after(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     seen = _statements(store)
     with store.transaction() as tx:
         run = lock_run(tx.db, run_id)
@@ -60,7 +39,7 @@ def test_written_columns_are_stored_with_one_update_and_nothing_is_flushed_after
 
 
 def test_a_column_set_after_a_write_is_still_flushed(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     with store.transaction() as tx:
         run = lock_run(tx.db, run_id)
         assert run is not None
@@ -73,7 +52,7 @@ def test_a_column_set_after_a_write_is_still_flushed(store):
 
 
 def test_a_write_rolls_back_with_its_transaction(store):
-    run_id = _new_run(store)
+    run_id = new_run(store)
     with pytest.raises(RuntimeError), store.transaction() as tx:
         run = lock_run(tx.db, run_id)
         assert run is not None
