@@ -114,7 +114,7 @@ def model_step(rt: Runtime, run_id: str, number: int, where: Where) -> Next:
         return begun
     if isinstance(begun, str):
         raise StepFailed(begun)
-    agent, request, attempt = begun
+    agent, request, attempt, earlier_calls = begun
     streamed = 0
 
     def on_delta(delta: Delta) -> None:
@@ -135,14 +135,16 @@ def model_step(rt: Runtime, run_id: str, number: int, where: Where) -> Next:
             end_step(tx, step, "failed", error=str(error))
             finish(tx, run, "failed", reason=reason)
         raise StepFailed(reason) from error
-    return recorded(lambda: _record_response(rt, run_id, number, agent, response))
+    model_calls = earlier_calls + 1  # with this one: a run's model steps run one at a time
+    return recorded(lambda: _record_response(rt, run_id, number, agent, response, model_calls))
 
 
 def _begin(
     rt: Runtime, run_id: str, number: int, where: Where
-) -> Next | str | tuple[Agent, ModelRequest, int]:
+) -> Next | str | tuple[Agent, ModelRequest, int, int]:
     """Claim the step: what follows when there is nothing to call, the reason when the
-    run failed here, else the agent, the request and the attempt's number."""
+    run failed here, else the agent, the request, the attempt's number and how many
+    model calls of the run have succeeded before this one."""
     with rt.store.transaction() as tx:
         run = locked_run(tx.db, run_id)
         steps = run_steps(tx.db, run_id)
@@ -185,7 +187,7 @@ def _begin(
             tools=tuple(t.spec() for t in agent.tools),
             settings=dict(agent.model_settings),
         )
-        return agent, request, step.attempts
+        return agent, request, step.attempts, count_model_calls(steps)
 
 
 def _retract(tx: Tx, run_id: str, number: int, attempt: int, reason: str) -> None:
@@ -204,12 +206,21 @@ def _release(rt: Runtime, run_id: str, number: int, *, retract: bool) -> None:
 
 
 def _record_response(
-    rt: Runtime, run_id: str, number: int, agent: Agent, response: ModelResponse
+    rt: Runtime,
+    run_id: str,
+    number: int,
+    agent: Agent,
+    response: ModelResponse,
+    model_calls: int,
 ) -> Next:
+    """Record the response of the run's model call number `model_calls`, and decide
+    what follows.
+
+    It reads only its own step: what it decides on besides the response is the count of
+    model calls, which no other step can change while this one runs.
+    """
     with rt.store.transaction() as tx:
-        run = locked_run(tx.db, run_id)
-        steps = run_steps(tx.db, run_id)
-        step = find_step(steps, run_id, number)
+        run, step = locked_step(tx.db, run_id, number)
         if step.status == "succeeded":  # a duplicate delivery finished first
             return _continuation(rt, tx.db, run, step)
         cost = rt.prices.cost(response.usage, response.model, agent.model)
@@ -247,7 +258,6 @@ def _record_response(
         )
         if stopped(tx, run, None):
             return NOTHING
-        model_calls = count_model_calls(steps)
         decision = loop.decide(response, model_calls=model_calls, max_steps=agent.max_steps)
         if isinstance(decision, loop.Fail):
             finish(tx, run, "failed", reason=decision.reason)
