@@ -1,9 +1,9 @@
 """Kombu's Redis transport, with one Redis client per channel instead of one per command.
 
 Kombu builds a new `redis.Redis` for every command it sends (`Channel.conn_or_acquire`):
-each publish, each acknowledgement, each task event. Building one copies redis-py's
-table of some 200 response callbacks, about 60 µs of CPU, and a step sends four or
-five such commands. A client is safe to share between threads (it takes a connection
+each publish, each acknowledgement, each batch of task events. Building one copies
+redis-py's table of 169 response callbacks, about 60 µs of CPU, and every task sends
+several such commands. A client is safe to share between threads (it takes a connection
 from the pool per command), so this channel keeps one for as long as its pool lives.
 `celeryconfig` selects it for `redis://` and `rediss://` brokers; messages and keys
 are exactly kombu's.
