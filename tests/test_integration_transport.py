@@ -39,8 +39,7 @@ def test_a_channel_whose_pool_was_replaced_gets_a_client_of_the_new_pool(
 ) -> None:
     with Connection(REDIS_URL, transport=Transport) as connection:
         channel = connection.default_channel
-        with channel.conn_or_acquire() as before:
-            pass
+        before = channel._create_client()  # what conn_or_acquire hands out
         channel._disconnect_pools()  # as after a fork, or a lost connection
 
         with channel.conn_or_acquire() as after:
