@@ -118,10 +118,10 @@ def profiled(enabled: bool) -> Iterator[cProfile.Profile | None]:
         profiler.disable()
 
 
-def top_functions(profiler: cProfile.Profile, sort: str = "cumulative", limit: int = 40) -> str:
-    """The functions with the most cumulative time, as pstats prints them."""
+def top_functions(profiler: cProfile.Profile, limit: int = 40) -> str:
+    """The functions with the most cumulative CPU time, as pstats prints them."""
     text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats(sort).print_stats(limit)
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(limit)
     return text.getvalue()
 
 
@@ -172,14 +172,13 @@ def main(argv: list[str] | None = None) -> None:
     """Measure, print the table, write the JSON."""
     env = os.environ
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument(
-        "--database-url", default=env.get("STEPWISE_DATABASE_URL") or LOCAL_DATABASE
-    )
-    parser.add_argument("--redis-url", default=env.get("STEPWISE_REDIS_URL") or LOCAL_REDIS)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--profile", action="store_true", help="cProfile the measured runs")
+    add = parser.add_argument
+    add("--runs", type=int, default=200, help="runs measured")
+    add("--warmup", type=int, default=10, help="runs stepped first and not measured")
+    add("--database-url", default=env.get("STEPWISE_DATABASE_URL") or LOCAL_DATABASE)
+    add("--redis-url", default=env.get("STEPWISE_REDIS_URL") or LOCAL_REDIS)
+    add("--output", type=Path, default=RESULTS, help="where the JSON figures go")
+    add("--profile", action="store_true", help="cProfile (CPU time) the measured runs")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     figures = run_benchmark(args)
     profile = figures.pop("profile", None)
