@@ -48,6 +48,15 @@ _LOCK_RUN = (
     .with_for_update()
     .execution_options(populate_existing=True)
 )
+_LOCK_RUN_AND_STEPS = (
+    select(Run, Step)
+    .join(Step, col(Step.run_id) == col(Run.id))
+    .where(col(Run.id) == bindparam("run_id"))
+    .order_by(col(Step.number))
+    .with_for_update()
+    .execution_options(populate_existing=True)
+)
+_LOCK_RUN_AND_STEP = _LOCK_RUN_AND_STEPS.where(col(Step.number) == bindparam("number"))
 
 
 # A held run's event counter, written with its events (`Tx.write_events`); on Postgres
@@ -83,12 +92,39 @@ _UPDATE_BY_KEY = {table.name: _update_by_key(table) for table in (RUNS, STEPS)}
 
 def lock_run(db: Session, run_id: str) -> Run | None:
     """The run with its row locked until the transaction ends, read fresh; None if absent."""
-    counters = db.info.get(_COUNTERS, {})
-    if run_id in counters:  # read fresh, the row must not lose this transaction's count
-        seq, at = counters.pop(run_id)
-        db.execute(_COUNTER, {"c_id": run_id, "c_seq": seq, "c_at": at})
+    _write_counter(db, run_id)
     run = db.exec(_LOCK_RUN, params={"run_id": run_id}).first()
     return hold(db, run) if run is not None else None
+
+
+def lock_run_and_steps(
+    db: Session, run_id: str, number: int | None = None
+) -> tuple[Run, list[Step]] | None:
+    """The run and its steps (or only step `number`), every row locked and read fresh,
+    in one round trip; None if the run or the step is absent, or the run has no steps.
+
+    Postgres locks the rows in the order of the FROM list, the run's first, as every
+    transaction that writes a step has. Locking the steps' rows as well is what keeps
+    them fresh: a statement that waited for a lock returns the newest committed
+    version of every row it locks, but the snapshot's version of any row it only reads.
+    """
+    _write_counter(db, run_id)
+    if number is None:
+        found = db.exec(_LOCK_RUN_AND_STEPS, params={"run_id": run_id}).all()
+    else:
+        found = db.exec(_LOCK_RUN_AND_STEP, params={"run_id": run_id, "number": number}).all()
+    if not found:
+        return None
+    return hold(db, found[0][0]), [step for _, step in found]
+
+
+def _write_counter(db: Session, run_id: str) -> None:
+    """Write the run's event counter if this transaction holds it unwritten: a run read
+    fresh must not lose this transaction's count."""
+    counters = db.info.get(_COUNTERS, {})
+    if run_id in counters:
+        seq, at = counters.pop(run_id)
+        db.execute(_COUNTER, {"c_id": run_id, "c_seq": seq, "c_at": at})
 
 
 class EventRecord(Protocol):

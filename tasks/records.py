@@ -24,6 +24,7 @@ from providers.types import Message, ToolCall, ToolResult, message_from_json, me
 from storage import TERMINAL, Run, Step, ThreadMessage, Tx
 from storage.events import STEP_SKIPPED
 from storage.models import aware, utcnow
+from storage.store import lock_run_and_steps
 from tasks import loop
 from tasks.runs import finish, locked_run
 
@@ -74,14 +75,30 @@ class Where:
 
 
 def locked_step(db: Session, run_id: str, number: int) -> tuple[Run, Step]:
-    """The run, its row locked for this transaction, and its step `number`.
-
-    Two statements, not one join: the step must be read after the lock is granted.
-    A joined `SELECT … FOR UPDATE OF run` that waited for the lock re-reads only the
-    run; the step would be as it was before the holder's commit, so two copies of a
-    tool step could both claim it. `RunNotFound` or `LookupError` if either is absent.
-    """
+    """The run and its step `number`, both rows locked for this transaction and read
+    fresh, in one statement; `RunNotFound` or `LookupError` if either is absent."""
+    found = lock_run_and_steps(db, run_id, number)
+    if found is not None:
+        return found[0], found[1][0]
     return locked_run(db, run_id), step_of(db, run_id, number)
+
+
+def locked_run_steps(db: Session, run_id: str, number: int) -> tuple[Run, list[Step]]:
+    """The run and every step of it, in order, all rows locked and read fresh, in one
+    statement: one read serves all of model step `number`'s decisions. `RunNotFound`
+    if there is no such run.
+
+    Rows inserted while the statement waited for the lock are not in its snapshot. If
+    step `number` is missing for that reason, the steps are read again, now under the
+    lock: the steps a decision reads are inserted together with it.
+    """
+    found = lock_run_and_steps(db, run_id)
+    if found is None:
+        return locked_run(db, run_id), run_steps(db, run_id)
+    run, steps = found
+    if not any(step.number == number for step in steps):
+        steps = run_steps(db, run_id)
+    return run, steps
 
 
 _STEP = select(Step).where(

@@ -51,9 +51,9 @@ from tasks.records import (
     end_step,
     find_step,
     invalid_streak,
+    locked_run_steps,
     locked_step,
     recorded,
-    run_steps,
     step_of,
     steps_after,
     stopped,
@@ -146,8 +146,7 @@ def _begin(
     run failed here, else the agent, the request, the attempt's number and how many
     model calls of the run have succeeded before this one."""
     with rt.store.transaction() as tx:
-        run = locked_run(tx.db, run_id)
-        steps = run_steps(tx.db, run_id)
+        run, steps = locked_run_steps(tx.db, run_id, number)
         step = find_step(steps, run_id, number)
         if step.status == "succeeded":
             return _continuation(rt, tx.db, run, step)
