@@ -7,15 +7,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, bindparam, insert, inspect, update
+from sqlalchemy import Engine, Table, bindparam, func, insert, inspect, literal, update
+from sqlalchemy import event as orm_events
+from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlmodel import Session, col, select
 
 from storage.events import LIVE_ONLY, MODEL_COMPLETED, MODEL_RETRACTED, MODEL_STARTED
 from storage.fanout import Fanout
-from storage.models import Event, Run, Step, aware, utcnow
+from storage.models import Event, Run, Step, ThreadMessage, aware, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +30,16 @@ RUNS = Run.__table__  # type: ignore[attr-defined]
 STEPS = Step.__table__  # type: ignore[attr-defined]
 EVENT_COLUMNS = ("run_id", "seq", "type", "step", "data", "created_at")
 # Session.info keys: the runs whose rows this transaction locked (or inserted), and
-# the event counters of those runs that are not written yet.
+# what it wrote that is not in the database yet (`_Unwritten`).
 _HELD = "stepwise.held_runs"
-_COUNTERS = "stepwise.unwritten_counters"
+_UNWRITTEN = "stepwise.unwritten_rows"
 
 
 def hold(db: Session, run: Run) -> Run:
     """Note that this transaction owns `run`'s row (locked, or inserted by it).
 
     Events of a held run take their numbers from the row in memory, and the counter
-    is written with the events when the transaction ends: no extra round trip.
+    is written with the run's other columns when the transaction ends (`Tx.write`).
     """
     db.info.setdefault(_HELD, {})[run.id] = run
     return run
@@ -59,40 +64,139 @@ _LOCK_RUN_AND_STEPS = (
 _LOCK_RUN_AND_STEP = _LOCK_RUN_AND_STEPS.where(col(Step.number) == bindparam("number"))
 
 
-# A held run's event counter, written with its events (`Tx.write_events`); on Postgres
-# one event and its counter go in one statement, through a data-modifying CTE.
-_COUNTER = (
-    update(RUNS)
-    .where(RUNS.c.id == bindparam("c_id"))
-    .values(last_seq=bindparam("c_seq"), progressed_at=bindparam("c_at"))
-)
-_EVENT_WITH_COUNTER = (
-    insert(EVENTS)
-    # Bind names that are no column's: an UPDATE reads a parameter named after one
-    # of its table's columns as a value to set.
-    .values({c: bindparam(f"e_{c}", type_=EVENTS.c[c].type) for c in EVENT_COLUMNS})
-    .add_cte(
-        update(RUNS)
-        .where(RUNS.c.id == bindparam("e_run_id"))
-        .values(last_seq=bindparam("e_seq"), progressed_at=bindparam("e_created_at"))
-        .cte("counter")
+MESSAGES = ThreadMessage.__table__  # type: ignore[attr-defined]
+STEP_COLUMNS = ("run_id", "number", "kind", "call_id", "tool_name", "arguments", "created_at")
+
+
+def _binds(table: Table, columns: tuple[str, ...], prefix: str) -> dict[str, Any]:
+    return {c: bindparam(prefix + c, type_=table.c[c].type) for c in columns}
+
+
+def _row_values(table: Table, columns: tuple[str, ...], prefix: str) -> dict[str, Any]:
+    """An INSERT's values: binds for `columns`, and the scalar default of every other
+    column that has one. Inside a CTE SQLAlchemy would bind those without the prefix."""
+    values = _binds(table, columns, prefix)
+    for column in table.columns:
+        default = column.default
+        if column.key in values or default is None:
+            continue
+        if not isinstance(default, ScalarElementColumnDefault):
+            raise TypeError(f"{table.name}.{column.key} has a computed default: pass its value")
+        values[column.key] = literal(default.arg, type_=column.type)
+    return values
+
+
+def _message_insert(prefix: str) -> Any:
+    """A message at the end of its thread: the position is one past the thread's last,
+    counted by the database inside the INSERT itself."""
+    thread = bindparam(prefix + "thread_id", type_=MESSAGES.c.thread_id.type)
+    last = select(func.coalesce(func.max(MESSAGES.c.position), 0)).where(
+        MESSAGES.c.thread_id == thread
     )
-)
+    values = _row_values(MESSAGES, ("run_id", "role", "parts", "created_at"), prefix)
+    return insert(MESSAGES).values(thread_id=thread, position=last.scalar_subquery() + 1, **values)
 
 
-def _update_by_key(table: Any) -> Any:
-    """`UPDATE table SET … WHERE key = :pk_`: the parameters name the columns it sets."""
+# The rows a transaction inserts later (`insert_later`), by kind: each kind's INSERT of
+# one row, its bind names under a prefix.
+_INSERTS: dict[str, Callable[[str], Any]] = {
+    "event": lambda p: insert(EVENTS).values(_row_values(EVENTS, EVENT_COLUMNS, p)),
+    "step": lambda p: insert(STEPS).values(_row_values(STEPS, STEP_COLUMNS, p)),
+    "message": _message_insert,
+}
+# Kinds of which one statement holds one row: a message's position reads the thread as
+# the statement began, so a second message in it would take the same position.
+_ALONE = frozenset({"message"})
+# A part of a statement that writes: ("insert", kind), or ("update", table, columns)
+# for one row's columns, found by its key.
+Part = tuple[Any, ...]
+
+
+@dataclass
+class _Unwritten:
+    """What a transaction wrote that is not in the database yet."""
+
+    inserts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    rows: dict[tuple[Table, Any], dict[str, Any]] = field(default_factory=dict)
+
+
+def _unwritten(db: OrmSession) -> _Unwritten:
+    found: _Unwritten | None = db.info.get(_UNWRITTEN)
+    if found is None:
+        found = db.info[_UNWRITTEN] = _Unwritten()
+    return found
+
+
+def insert_later(db: Session, kind: str, row: dict[str, Any]) -> None:
+    """Insert `row` (an "event", a "step" or a "message") before the next statement that
+    is not an INSERT, or at the end of the transaction.
+
+    Nothing waits on the INSERT, so on Postgres it mostly rides along with the
+    transaction's other writes in one statement (`write_pending`).
+    """
+    unwritten = _unwritten(db)
+    if kind in _ALONE and any(k == kind for k, _ in unwritten.inserts):
+        write_pending(db)
+        unwritten = _unwritten(db)
+    unwritten.inserts.append((kind, row))
+
+
+def _part(part: Part, prefix: str) -> Any:
+    if part[0] == "insert":
+        return _INSERTS[part[1]](prefix)
+    _, table, columns = part
     (key,) = table.primary_key.columns
-    return update(table).where(key == bindparam("pk_"))
+    return (
+        update(table)
+        .where(key == bindparam(prefix + "key_"))
+        .values(_binds(table, columns, prefix))
+    )
 
 
-# Built once: the steps write their run and step rows this way, several times each.
-_UPDATE_BY_KEY = {table.name: _update_by_key(table) for table in (RUNS, STEPS)}
+@lru_cache(maxsize=512)
+def _statement(parts: tuple[Part, ...]) -> Any:
+    """One statement for every part: the first is the statement, the others its
+    data-modifying CTEs (Postgres). Bind names are `p{i}_` and a column's name, or
+    `p{i}_key_` for a row's key: no column's own name, which an UPDATE would read as a
+    value to set. Built once per shape; the shapes are few."""
+    statement = _part(parts[0], "p0_")
+    for i, part in enumerate(parts[1:], 1):
+        statement = statement.add_cte(_part(part, f"p{i}_").cte(f"p{i}"))
+    return statement
+
+
+def write_pending(db: OrmSession) -> None:
+    """Write what `insert_later` and `Tx.write` left for later: in one statement on
+    Postgres, one statement each elsewhere."""
+    unwritten: _Unwritten | None = db.info.pop(_UNWRITTEN, None)
+    if unwritten is None:
+        return
+    parts: list[tuple[Part, dict[str, Any]]] = [
+        (("insert", kind), row) for kind, row in unwritten.inserts
+    ]
+    for (table, key), columns in unwritten.rows.items():
+        parts.append((("update", table, tuple(columns)), {"key_": key, **columns}))
+    if not parts:
+        return
+    if db.get_bind().dialect.name == "postgresql":
+        params = {f"p{i}_{name}": v for i, (_, row) in enumerate(parts) for name, v in row.items()}
+        db.execute(_statement(tuple(part for part, _ in parts)), params)
+        return
+    for part, row in parts:
+        db.execute(_statement((part,)), {f"p0_{name}": v for name, v in row.items()})
+
+
+@orm_events.listens_for(Session, "do_orm_execute")
+def _written_before_reading(state: ORMExecuteState) -> None:
+    """Before any statement but an INSERT, write what was left for later: whatever
+    reads or updates the rows sees them. An INSERT needs none of it, so most writes
+    wait for the transaction's end and go with its events, in one statement."""
+    if not state.is_insert and _UNWRITTEN in state.session.info:
+        write_pending(state.session)
 
 
 def lock_run(db: Session, run_id: str) -> Run | None:
     """The run with its row locked until the transaction ends, read fresh; None if absent."""
-    _write_counter(db, run_id)
     run = db.exec(_LOCK_RUN, params={"run_id": run_id}).first()
     return hold(db, run) if run is not None else None
 
@@ -108,7 +212,6 @@ def lock_run_and_steps(
     them fresh: a statement that waited for a lock returns the newest committed
     version of every row it locks, but the snapshot's version of any row it only reads.
     """
-    _write_counter(db, run_id)
     if number is None:
         found = db.exec(_LOCK_RUN_AND_STEPS, params={"run_id": run_id}).all()
     else:
@@ -116,15 +219,6 @@ def lock_run_and_steps(
     if not found:
         return None
     return hold(db, found[0][0]), [step for _, step in found]
-
-
-def _write_counter(db: Session, run_id: str) -> None:
-    """Write the run's event counter if this transaction holds it unwritten: a run read
-    fresh must not lose this transaction's count."""
-    counters = db.info.get(_COUNTERS, {})
-    if run_id in counters:
-        seq, at = counters.pop(run_id)
-        db.execute(_COUNTER, {"c_id": run_id, "c_seq": seq, "c_at": at})
 
 
 class EventRecord(Protocol):
@@ -208,12 +302,15 @@ class Tx:
         return event
 
     def write(self, row: Any, **values: Any) -> None:
-        """Set these columns of a stored row and write them now, in one UPDATE by its key.
+        """Set these columns of a stored row; they are written by key before the next
+        statement that is not an INSERT, or with the events at the end.
 
         The session's flush would write the same, but its unit of work costs a step
-        more than the statement does. The row is left as if loaded with these values:
-        clean, so no flush writes them again. A row the database does not have yet
-        only takes the values, and the session inserts it as usual.
+        more than the statement does, and on Postgres the columns mostly ride along
+        with the events' INSERT (`write_events`) for no round trip of their own. The
+        row is left as if loaded with these values: clean, so no flush writes them.
+        A row the database does not have yet only takes the values, and the session
+        inserts it as usual.
         """
         state = inspect(row)
         if not state.persistent:
@@ -221,38 +318,24 @@ class Tx:
                 setattr(row, name, value)
             self.db.add(row)
             return
-        mapper = state.mapper
-        table = mapper.local_table
-        statement = _UPDATE_BY_KEY.get(table.name)
-        if statement is None:
-            statement = _update_by_key(table)
+        columns = state.mapper.columns
         (key,) = state.identity
-        params = {mapper.columns[name].key: value for name, value in values.items()}
-        self.db.execute(statement, {"pk_": key, **params})
+        row_columns = _unwritten(self.db).rows.setdefault((state.mapper.local_table, key), {})
+        row_columns.update({columns[name].key: value for name, value in values.items()})
         for name, value in values.items():
             set_committed_value(row, name, value)
 
     def write_events(self) -> None:
-        """Insert the events emitted so far, with their runs' counters, in one statement.
+        """Insert the events emitted so far, with whatever else was left for later: on
+        Postgres all in one statement (`write_pending`).
 
         Events are append-only and nothing reads them back in the transaction, so
-        they skip the ORM's unit of work: one Core INSERT of every row. On Postgres
-        the held runs' counters ride along in the same statement (a data-modifying
-        CTE); elsewhere they take an UPDATE of their own.
+        they skip the ORM's unit of work.
         """
-        pending = self.outbox[self._written :]
-        if not pending:
-            return
-        self.db.flush()  # the runs (and threads, steps) the events refer to
-        counters = self.db.info.pop(_COUNTERS, {})
-        postgres = self.db.get_bind().dialect.name == "postgresql"
-        if postgres and len(pending) == 1 and set(counters) == {pending[0].run_id}:
-            event = pending[0]  # the common case
-            self.db.execute(_EVENT_WITH_COUNTER, {f"e_{c}": v for c, v in event.row().items()})
-        else:
-            for run_id, (seq, at) in counters.items():
-                self.db.execute(_COUNTER, {"c_id": run_id, "c_seq": seq, "c_at": at})
-            self.db.execute(insert(EVENTS), [e.row() for e in pending])
+        self.db.flush()  # first the rows (runs, threads) that what is left refers to
+        for emitted in self.outbox[self._written :]:
+            insert_later(self.db, "event", emitted.row())
+        write_pending(self.db)
         self._written = len(self.outbox)
 
 
@@ -260,13 +343,14 @@ def _count(db: Session, run: Run, seq: int, at: datetime) -> None:
     """Give a held run its new last event number and progress time.
 
     A run the database already has keeps them out of the ORM's flush: they are
-    committed values for the session, and `Tx.write_events` writes them with the
-    events. A run this transaction inserts gets them in its INSERT.
+    committed values for the session, written as `Tx.write` writes. A run this
+    transaction inserts gets them in its INSERT.
     """
     if inspect(run).persistent:
         set_committed_value(run, "last_seq", seq)
         set_committed_value(run, "progressed_at", at)
-        db.info.setdefault(_COUNTERS, {})[run.id] = (seq, at)
+        row = _unwritten(db).rows.setdefault((RUNS, run.id), {})
+        row.update(last_seq=seq, progressed_at=at)
     else:
         run.last_seq, run.progressed_at = seq, at
         db.add(run)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, insert
+from sqlalchemy import bindparam
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -24,7 +24,7 @@ from providers.types import Message, ToolCall, ToolResult, message_from_json, me
 from storage import TERMINAL, Run, Step, ThreadMessage, Tx
 from storage.events import STEP_SKIPPED
 from storage.models import aware, utcnow
-from storage.store import lock_run_and_steps
+from storage.store import insert_later, lock_run_and_steps
 from tasks import loop
 from tasks.runs import finish, locked_run
 
@@ -219,58 +219,34 @@ def conversation(history: list[ThreadMessage]) -> tuple[Message, ...]:
     return tuple(message_from_json({"role": r.role, "parts": r.parts}) for r in history)
 
 
-_MESSAGES = ThreadMessage.__table__  # type: ignore[attr-defined]
-# Built once (every model step appends): the position is one past the thread's last,
-# counted by the database inside the INSERT itself.
-_APPEND = insert(_MESSAGES).values(
-    thread_id=bindparam("thread_id"),
-    position=select(func.coalesce(func.max(_MESSAGES.c.position), 0))
-    .where(_MESSAGES.c.thread_id == bindparam("thread_id"))
-    .scalar_subquery()
-    + 1,
-    run_id=bindparam("run_id"),
-    role=bindparam("role"),
-    parts=bindparam("parts", type_=_MESSAGES.c.parts.type),
-    created_at=bindparam("created_at", type_=_MESSAGES.c.created_at.type),
-)
-
-
 def append(db: Session, run: Run, message: Message) -> None:
-    """Add a message at the end of the run's thread, in one statement."""
-    db.execute(
-        _APPEND,
-        {
-            "thread_id": run.thread_id,
-            "run_id": run.id,
-            "role": message.role,
-            "parts": message_to_json(message)["parts"],
-            "created_at": utcnow(),
-        },
-    )
-
-
-_STEP_ROWS = Step.__table__  # type: ignore[attr-defined]
+    """Add a message at the end of the run's thread (its INSERT waits for the
+    transaction's other writes: `insert_later`)."""
+    row = {
+        "thread_id": run.thread_id,
+        "run_id": run.id,
+        "role": message.role,
+        "parts": message_to_json(message)["parts"],
+        "created_at": utcnow(),
+    }
+    insert_later(db, "message", row)
 
 
 def add_steps(db: Session, run_id: str, steps: list[tuple[int, ToolCall | None]]) -> None:
-    """Insert pending steps, all in one statement: (number, None) is a model step,
-    (number, call) a tool step. Nothing reads them back in the same transaction."""
+    """Insert pending steps, with the transaction's other writes (`insert_later`):
+    (number, None) is a model step, (number, call) a tool step."""
     now = utcnow()
-    db.execute(
-        insert(_STEP_ROWS),
-        [
-            {
-                "run_id": run_id,
-                "number": number,
-                "kind": "model" if call is None else "tool",
-                "call_id": call.id if call else None,
-                "tool_name": call.name if call else None,
-                "arguments": call.arguments if call else None,
-                "created_at": now,
-            }
-            for number, call in steps
-        ],
-    )
+    for number, call in steps:
+        row = {
+            "run_id": run_id,
+            "number": number,
+            "kind": "model" if call is None else "tool",
+            "call_id": call.id if call else None,
+            "tool_name": call.name if call else None,
+            "arguments": call.arguments if call else None,
+            "created_at": now,
+        }
+        insert_later(db, "step", row)
 
 
 def tool_results(steps: list[Step], number: int, history: list[ThreadMessage]) -> Message | None:

@@ -169,6 +169,7 @@ def test_the_step_benchmark_steps_runs_in_process_and_counts_their_sql(
     # Each run of the bench agent: accepted, started, 3 model steps and 2 tool steps.
     counts = {kind: figures[kind]["count"] for kind in ("accept", "start", "model", "tool")}
     assert counts == {"accept": 3, "start": 3, "model": 9, "tool": 6}
-    assert all(figures[kind]["statements"] >= 3 for kind in counts)
+    # Every step reads what it decides on and writes what it decided: two statements at least.
+    assert all(figures[kind]["statements"] >= 2 for kind in counts)
     assert figures["step_cpu_ms_mean"] > 0
     assert "| model | 9 |" in done.stdout
