@@ -26,6 +26,7 @@ from tasks.records import Where, claim, end_step, locked_step, recorded, stopped
 from tasks.runs import finish
 from tasks.runtime import Runtime
 from tasks.timing import tool_lease, tool_timeout
+from tasks.tool_threads import THREADS
 from tasks.tools import Tool, ToolArgumentsError, ToolContext
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,8 @@ def _run_tool(
 
 
 def _within(timeout: float, call: Any, thread_name: str) -> str:
-    """`call()` in a thread of its own, waited for at most `timeout` seconds.
+    """`call()` in a thread of its own (`tasks.tool_threads`), waited for at most
+    `timeout` seconds.
 
     Celery's `time_limit` does nothing under the threads and gevent pools, and a
     thread cannot be killed: past the timeout the call is abandoned, and whatever
@@ -153,6 +155,7 @@ def _within(timeout: float, call: Any, thread_name: str) -> str:
     def run() -> None:
         if not future.set_running_or_notify_cancel():
             return
+        threading.current_thread().name = thread_name
         try:
             future.set_result(call())
         except BaseException as error:
@@ -160,7 +163,7 @@ def _within(timeout: float, call: Any, thread_name: str) -> str:
 
     # The tool sees the step's context variables: its log lines name the run and the step.
     context = contextvars.copy_context()
-    threading.Thread(target=context.run, args=(run,), name=thread_name, daemon=True).start()
+    THREADS.run(lambda: context.run(run))
     return future.result(timeout)
 
 
