@@ -114,6 +114,20 @@ def to_wire(request: ModelRequest) -> dict[str, Any]:
     return wire
 
 
+def as_sent(wire: dict[str, Any]) -> dict[str, Any]:
+    """`create`'s keyword arguments for a request already in wire form: all but the
+    model go in `extra_body`, which the SDK merges into the JSON body as it is.
+
+    The SDK would otherwise walk every message and tool against its TypedDicts
+    (`maybe_transform`) to rename and reformat fields that `to_wire` already wrote
+    as the API expects: a third of a call's CPU on a worker, 8% of all of it with
+    1,000 runs in flight. `messages` must be given, so it is, empty, and the body's
+    own list replaces it.
+    """
+    rest = {k: v for k, v in wire.items() if k != "model"}
+    return {"model": wire["model"], "messages": [], "extra_body": rest}
+
+
 def message_to_wire(message: Message) -> list[dict[str, Any]]:
     """One of our messages as Chat Completions messages (none, one, or one per tool result).
 
@@ -395,12 +409,14 @@ class OpenAIProvider:
         client = self.client(request.settings)
         wire = to_wire(request)
         timeout = request_timeout(request.settings)
+        create = client.chat.completions.create
         with classified(model):
             if on_delta is None:
-                return from_wire(client.chat.completions.create(**wire, timeout=timeout))
+                return from_wire(create(**as_sent(wire), timeout=timeout))
             assembler = StreamAssembler(on_delta)
-            stream = client.chat.completions.create(
-                **wire, stream=True, stream_options={"include_usage": True}, timeout=timeout
+            sent = as_sent(wire)
+            stream = create(
+                **sent, stream=True, stream_options={"include_usage": True}, timeout=timeout
             )
             with stream:
                 for chunk in stream:

@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 
 from providers.errors import ContextLengthExceeded, Fatal, Retryable
-from providers.openai import OpenAIProvider
+from providers.openai import OpenAIProvider, to_wire
 from providers.types import (
     Delta,
     Message,
     ModelRequest,
     TextPart,
     ToolCall,
+    ToolResult,
     ToolSpec,
     Usage,
 )
@@ -164,6 +165,32 @@ def test_a_streamed_answer_passes_each_text_delta_and_asks_for_usage(
     body = server.requests[0].body
     assert body["stream"] is True
     assert body["stream_options"] == {"include_usage": True}
+
+
+def test_a_streamed_request_with_history_and_tools_is_sent_exactly_as_to_wire_writes_it(
+    server: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    # The adapter hands the body to the SDK as extra_body, past its request transform.
+    server.reply(wire.Stream(wire.text_deltas("10")))
+    call = ToolCall("call_1", "add", '{"a": 1, "b": 2}')
+    request = ModelRequest(
+        model="openai:fake-model",
+        instructions="Add things up.",
+        messages=(
+            Message.text("user", "What is 1 + 2, plus 7?"),
+            Message("assistant", (TextPart("Adding."), call)),
+            Message("tool", (ToolResult("call_1", "add", "3"),)),
+        ),
+        tools=(ADD_SPEC,),
+        settings={"temperature": 0.2, "parallel_tool_calls": False, "max_tokens": 50},
+    )
+
+    streamed(provider, request)
+
+    expected = {**to_wire(request), "stream": True, "stream_options": {"include_usage": True}}
+    assert server.requests[0].body == expected
+    assert [m["role"] for m in expected["messages"]] == ["system", "user", "assistant", "tool"]
+    assert expected["temperature"] == 0.2 and expected["tools"][0]["function"]["name"] == "add"
 
 
 def test_three_parallel_tool_calls_streamed_with_interleaved_fragments_are_assembled(
