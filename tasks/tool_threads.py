@@ -3,11 +3,12 @@
 A tool call runs in a thread of its own so that its step can stop waiting for it
 (`tasks.tool_steps`). Starting a thread for every call cost about 125 µs of CPU, where
 handing the call to a waiting thread costs about 65 (2% of a tool step's CPU), so a
-thread whose call has finished waits for the next one. A call never waits for a thread: with none idle a new one starts, so a call
-abandoned past its timeout holds on to its own thread only. The threads are daemons,
-as an abandoned call must not keep a worker from exiting, and an idle one ends after
-a minute. (`concurrent.futures.ThreadPoolExecutor` fits neither: its threads are
-capped, and the interpreter joins them at exit.)
+thread whose call has finished waits for the next one. A call never waits for a
+thread: with none idle a new one starts, so a call abandoned past its timeout holds
+on to its own thread only. The threads are daemons, as an abandoned call must not
+keep a worker from exiting, and an idle one ends after a minute.
+(`concurrent.futures.ThreadPoolExecutor` fits neither: its threads are capped, and the
+interpreter joins them at exit.)
 """
 
 from __future__ import annotations
