@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from providers.anthropic import AnthropicProvider
+from providers.anthropic import AnthropicProvider, to_wire
 from providers.errors import ContextLengthExceeded, Fatal, Retryable
 from providers.types import (
     Delta,
@@ -116,6 +116,26 @@ def test_a_tool_use_reply_becomes_tool_calls(fake: FakeAnthropic) -> None:
     assert fake.requests[0].body["tools"] == [
         {"name": "weather", "description": WEATHER.description, "input_schema": WEATHER.parameters}
     ]
+
+
+def test_a_streamed_request_with_history_and_tools_is_sent_exactly_as_to_wire_writes_it(
+    fake: FakeAnthropic,
+) -> None:
+    # What goes out is to_wire's body as it is, the SDK's own handling notwithstanding.
+    fake.script(Turn(message(text("Rain."))))
+    call = ToolCall("toolu_1", "weather", '{"city": "Oslo"}')
+    sent_request = request(
+        Message.text("user", "Weather in Oslo?"),
+        Message("assistant", (TextPart("Looking."), call)),
+        Message("tool", (ToolResult("toolu_1", "weather", "rain"),)),
+        tools=(WEATHER,),
+        temperature=0.2,
+    )
+
+    AnthropicProvider().complete(sent_request, sink())
+
+    assert fake.requests[0].body == {**to_wire(sent_request), "stream": True}
+    assert [m["role"] for m in fake.requests[0].body["messages"]] == ["user", "assistant", "user"]
 
 
 def test_streamed_text_reaches_on_delta_as_it_arrives(fake: FakeAnthropic) -> None:
