@@ -65,7 +65,6 @@ _LOCK_RUN_AND_STEP = _LOCK_RUN_AND_STEPS.where(col(Step.number) == bindparam("nu
 
 
 MESSAGES = ThreadMessage.__table__  # type: ignore[attr-defined]
-STEP_COLUMNS = ("run_id", "number", "kind", "call_id", "tool_name", "arguments", "created_at")
 
 
 def _binds(table: Table, columns: tuple[str, ...], prefix: str) -> dict[str, Any]:
@@ -86,29 +85,34 @@ def _row_values(table: Table, columns: tuple[str, ...], prefix: str) -> dict[str
     return values
 
 
-def _message_insert(prefix: str) -> Any:
+def _message_insert(columns: tuple[str, ...], prefix: str) -> Any:
     """A message at the end of its thread: the position is one past the thread's last,
     counted by the database inside the INSERT itself."""
     thread = bindparam(prefix + "thread_id", type_=MESSAGES.c.thread_id.type)
     last = select(func.coalesce(func.max(MESSAGES.c.position), 0)).where(
         MESSAGES.c.thread_id == thread
     )
-    values = _row_values(MESSAGES, ("run_id", "role", "parts", "created_at"), prefix)
+    rest = tuple(c for c in columns if c != "thread_id")
+    values = _row_values(MESSAGES, rest, prefix)
     return insert(MESSAGES).values(thread_id=thread, position=last.scalar_subquery() + 1, **values)
 
 
+def _row_insert(table: Table) -> Callable[[tuple[str, ...], str], Any]:
+    return lambda columns, prefix: insert(table).values(_row_values(table, columns, prefix))
+
+
 # The rows a transaction inserts later (`insert_later`), by kind: each kind's INSERT of
-# one row, its bind names under a prefix.
-_INSERTS: dict[str, Callable[[str], Any]] = {
-    "event": lambda p: insert(EVENTS).values(_row_values(EVENTS, EVENT_COLUMNS, p)),
-    "step": lambda p: insert(STEPS).values(_row_values(STEPS, STEP_COLUMNS, p)),
+# one row with the given columns, its bind names under a prefix.
+_INSERTS: dict[str, Callable[[tuple[str, ...], str], Any]] = {
+    "event": _row_insert(EVENTS),
+    "step": _row_insert(STEPS),
     "message": _message_insert,
 }
 # Kinds of which one statement holds one row: a message's position reads the thread as
 # the statement began, so a second message in it would take the same position.
 _ALONE = frozenset({"message"})
-# A part of a statement that writes: ("insert", kind), or ("update", table, columns)
-# for one row's columns, found by its key.
+# A part of a statement that writes: ("insert", kind, columns) for a new row, or
+# ("update", table, columns) for one row's columns, found by its key.
 Part = tuple[Any, ...]
 
 
@@ -127,6 +131,11 @@ def _unwritten(db: OrmSession) -> _Unwritten:
     return found
 
 
+def _set_later(db: OrmSession, table: Table, key: Any, columns: dict[str, Any]) -> None:
+    """Set columns of row `key` of `table`, to be written with the rest (`write_pending`)."""
+    _unwritten(db).rows.setdefault((table, key), {}).update(columns)
+
+
 def insert_later(db: Session, kind: str, row: dict[str, Any]) -> None:
     """Insert `row` (an "event", a "step" or a "message") before the next statement that
     is not an INSERT, or at the end of the transaction.
@@ -143,7 +152,7 @@ def insert_later(db: Session, kind: str, row: dict[str, Any]) -> None:
 
 def _part(part: Part, prefix: str) -> Any:
     if part[0] == "insert":
-        return _INSERTS[part[1]](prefix)
+        return _INSERTS[part[1]](part[2], prefix)
     _, table, columns = part
     (key,) = table.primary_key.columns
     return (
@@ -172,7 +181,7 @@ def write_pending(db: OrmSession) -> None:
     if unwritten is None:
         return
     parts: list[tuple[Part, dict[str, Any]]] = [
-        (("insert", kind), row) for kind, row in unwritten.inserts
+        (("insert", kind, tuple(row)), row) for kind, row in unwritten.inserts
     ]
     for (table, key), columns in unwritten.rows.items():
         parts.append((("update", table, tuple(columns)), {"key_": key, **columns}))
@@ -320,8 +329,8 @@ class Tx:
             return
         columns = state.mapper.columns
         (key,) = state.identity
-        row_columns = _unwritten(self.db).rows.setdefault((state.mapper.local_table, key), {})
-        row_columns.update({columns[name].key: value for name, value in values.items()})
+        written = {columns[name].key: value for name, value in values.items()}
+        _set_later(self.db, state.mapper.local_table, key, written)
         for name, value in values.items():
             set_committed_value(row, name, value)
 
@@ -349,8 +358,7 @@ def _count(db: Session, run: Run, seq: int, at: datetime) -> None:
     if inspect(run).persistent:
         set_committed_value(run, "last_seq", seq)
         set_committed_value(run, "progressed_at", at)
-        row = _unwritten(db).rows.setdefault((RUNS, run.id), {})
-        row.update(last_seq=seq, progressed_at=at)
+        _set_later(db, RUNS, run.id, {"last_seq": seq, "progressed_at": at})
     else:
         run.last_seq, run.progressed_at = seq, at
         db.add(run)
