@@ -90,8 +90,9 @@ def test_malformed_tool_json_and_an_unknown_tool_go_back_to_the_model_which_corr
         bad_json.output["content"],
         unknown.output["content"],
     ]
+    # The two calls ran in parallel, so their events may land in either order.
     failed = [step for _, kind, step in events(database_url, run_id) if kind == "tool.failed"]
-    assert failed == [bad_json.number, unknown.number]
+    assert sorted(failed) == [bad_json.number, unknown.number]
 
 
 def test_a_model_that_keeps_sending_invalid_tool_calls_fails_the_run_after_max_invalid_turns(
