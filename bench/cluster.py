@@ -108,7 +108,7 @@ def cluster(
     try:
         for n in range(workers):
             argv = [celery, "-A", "tasks", "worker", *common, "-n", f"bench{n}@%h"]
-            argv += ["-Q", "celery,stepwise.model,stepwise.tools"]
+            argv += ["-Q", "celery,stepwise.model,stepwise.tools", "-I", "bench.bare"]
             found.workers.append(_spawn(argv, env, logs / f"worker{n}.log"))
         argv = [celery, "-A", "bench.baseline", "worker", *common, "-n", "baseline@%h"]
         found.others.append(_spawn([*argv, "-Q", "bench.baseline"], env, logs / "baseline.log"))

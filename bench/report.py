@@ -46,10 +46,17 @@ def table(figures: dict[str, Any]) -> str:
     for level in figures.get("concurrency", []):
         n = level["runs"]
         target = f"≤ 10 s ({'met' if level['wall_s'] <= 10 else 'missed'})" if n >= 1000 else ""
+        floor = level.get("bare")
+        versus = f" {_ratio(level['wall_s'], floor['wall_s'])} the bare runs' " if floor else " "
         rows.append(
             f"| {n} runs at once: wall (ideal {level['ideal_s']} s) | {level['wall_s']} s "
-            f"| | {target} |"
+            f"|{versus}| {target} |"
         )
+        if floor:
+            rows.append(
+                f"| {n} bare runs at once (Celery alone, the same tasks): wall | "
+                f"{floor['wall_s']} s | | |"
+            )
         rows.append(
             f"| {n} runs: runs/s, steps/s | {level['runs_per_s']}, {level['steps_per_s']} | | |"
         )
@@ -57,6 +64,12 @@ def table(figures: dict[str, Any]) -> str:
             f"| {n} runs: the workers' CPU per step | {level['worker_cpu_ms_per_step']} ms "
             f"| {_ratio(level['worker_cpu_ms_per_step'], hop_cpu)} of a hop's CPU | |"
         )
+        if floor:
+            rows.append(
+                f"| {n} bare runs: the workers' CPU per step | "
+                f"{floor['worker_cpu_ms_per_step']} ms "
+                f"| {_ratio(floor['worker_cpu_ms_per_step'], hop_cpu)} of a hop's CPU | |"
+            )
         latency = level["run_latency_ms"]
         rows.append(
             f"| {n} runs: run latency p50 / p99 | {latency['p50'] / 1000:.2f} / "

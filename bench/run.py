@@ -10,7 +10,9 @@ under a key prefix of its own, then runs the scenarios:
   once), one at a time. A step's overhead is the time from the previous step's record
   to its own: the hand-off, its transactions and publishing, with no model or tool time.
 - **concurrency**: N runs of `bench` (the OpenAI adapter against the fake server, 3
-  model calls of `--latency` s and 2 tool calls) sent at once, for each N of `--levels`.
+  model calls of `--latency` s and 2 tool calls) sent at once, for each N of `--levels`;
+  before them, as their floor, N bare runs (`bench.bare`): the same tasks on the same
+  workers, Celery alone, a model step a sleep of `--latency` s.
 - **memory**: the same with one worker process and `--memory-latency`, so every model
   call is in flight at once; the worker's peak RSS.
 
@@ -38,9 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import redis
 from celery import chain
 from sqlalchemy import make_url
 
+from bench.bare import TASK as BARE_TASK
+from bench.bare import shape as bare_shape
 from bench.cluster import Cluster, Sampler, client_app, cluster, profiling
 from bench.common import (
     LOCAL_DATABASE,
@@ -208,9 +213,44 @@ def _send_and_wait(
     return run_ids, began, ended
 
 
-def concurrency(cfg: Config, found: Cluster, count: int, database: str) -> dict[str, Any]:
-    """`count` runs of the `bench` agent sent at once: wall time, rates, RSS, in flight."""
+def bare(cfg: Config, found: Cluster, count: int, database: str) -> dict[str, Any]:
+    """`count` bare runs sent at once (`bench.bare`): the wall time and the workers' CPU
+    per step of Celery alone, doing the tasks of as many runs on the same workers."""
+    tasks = bare_shape(cfg.tools)
+    ended = f"{found.env['STEPWISE_REDIS_KEY_PREFIX']}bare-ended:{uuid.uuid4().hex}"
+    app = client_app(found.env)
+    clock = CpuClock({"workers": found.worker_pids}, database)
+    before = clock.read()
+    began = time.time()
+    with app.producer_or_acquire() as producer:
+        for _ in range(count):
+            app.send_task(
+                BARE_TASK, (0, found.latency, tasks, ended), queue="celery", producer=producer
+            )
+    store = redis.Redis.from_url(cfg.redis_url)
+    deadline = time.monotonic() + cfg.timeout
+    while store.llen(ended) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the bare runs did not all end within {cfg.timeout:g} s")
+        time.sleep(0.05)
+    last = max(float(at) for at in store.lrange(ended, 0, -1))
+    after = clock.read()
+    store.delete(ended)
+    steps = count * (len(tasks) - 1)  # as for Stepwise's runs: the start is not a step
+    worker_cpu = cpu_seconds(clock.used(before, after)["workers"], before, after)
+    return {
+        "wall_s": round(last - began, 2),
+        "worker_cpu_ms_per_step": round(worker_cpu / steps * 1000, 2),
+    }
+
+
+def concurrency(
+    cfg: Config, found: Cluster, count: int, database: str, floor: bool = True
+) -> dict[str, Any]:
+    """`count` runs of the `bench` agent sent at once: wall time, rates, RSS, in flight;
+    with `floor`, first as many bare runs (`bare`), on the same workers."""
     database_url = found.env["STEPWISE_DATABASE_URL"]
+    bare_runs = bare(cfg, found, count, database) if floor else None
     _send_and_wait(found, "bench", min(count, 10), cfg.timeout)  # warm up connections
     clock = CpuClock({"workers": found.worker_pids, "model": [found.others[0].pid]}, database)
     sampler = Sampler(found.worker_pids, found.model_url)
@@ -239,6 +279,7 @@ def concurrency(cfg: Config, found: Cluster, count: int, database: str) -> dict[
         "peak_worker_rss_mb": round(sampler.peak_rss_mb, 1),
         "peak_model_calls_in_flight": sampler.peak_in_flight,
         "cores_used": used,
+        "bare": bare_runs,
     }
 
 
@@ -273,7 +314,8 @@ def run_benchmark(cfg: Config) -> dict[str, Any]:
         if "memory" in cfg.scenarios:
             one = {**pools, "pool": cfg.memory_pool, "concurrency": cfg.memory_concurrency}
             with cluster(url, workers=1, latency=cfg.memory_latency, **one) as found:
-                figures["memory"] = concurrency(cfg, found, cfg.memory_runs, database)
+                runs = cfg.memory_runs
+                figures["memory"] = concurrency(cfg, found, runs, database, floor=False)
                 print(f"memory: {figures['memory']}", flush=True)
     return figures
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bench import bare
 from bench.report import plot, record, table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +26,7 @@ def _figures() -> dict[str, Any]:
         "run_latency_ms": {"p50": 8000.0, "p90": 11000.0, "p99": 12000.0},
         "peak_worker_rss_mb": 180.0,
         "worker_cpu_ms_per_step": 9.0,
+        "bare": {"wall_s": 5.0, "worker_cpu_ms_per_step": 3.0},
     }
     return {
         "baseline": {
@@ -64,10 +66,31 @@ def test_the_table_gives_each_figure_as_a_ratio_to_the_baseline_and_checks_its_t
 
     assert "| step overhead, p50 | 7.0 ms | 1.40x | ≤ 1.5x (met) |" in text
     assert "| step overhead, p99 | 25.0 ms | 5.00x | ≤ 20 ms (missed) |" in text
-    assert "| 1000 runs at once: wall (ideal 3.0 s) | 12.5 s | | ≤ 10 s (missed) |" in text
+    assert (
+        "| 1000 runs at once: wall (ideal 3.0 s) | 12.5 s | 2.50x the bare runs' "
+        "| ≤ 10 s (missed) |"
+    ) in text
+    assert "| 1000 bare runs at once (Celery alone, the same tasks): wall | 5.0 s | | |" in text
     assert "peak RSS | 250.0 MB | | < 300 MB with ≥ 1,000 in flight (met) |" in text
-    assert "| 10 runs at once: wall (ideal 3.0 s) | 3.2 s | |  |" in text
+    assert "| 10 runs at once: wall (ideal 3.0 s) | 3.2 s | 0.64x the bare runs' |  |" in text
     assert "| 1000 runs: the workers' CPU per step | 9.0 ms | 4.50x of a hop's CPU | |" in text
+    assert "| 1000 bare runs: the workers' CPU per step | 3.0 ms | 1.50x of a hop's CPU | |" in text
+
+
+def test_a_level_measured_without_its_bare_runs_has_no_ratio_to_them() -> None:
+    figures = _figures()
+    figures["concurrency"] = [{**figures["concurrency"][1], "bare": None}]
+
+    text = table(figures)
+
+    assert "| 1000 runs at once: wall (ideal 3.0 s) | 12.5 s | | ≤ 10 s (missed) |" in text
+    assert "bare runs" not in text
+
+
+def test_a_bare_run_is_the_tasks_of_a_run_in_order() -> None:
+    assert bare.shape("1,1") == ["start", "model", "tool", "model", "tool", "model"]
+    assert bare.shape("3") == ["start", "model", "tool", "tool", "tool", "model"]
+    assert bare.shape("") == ["start", "model"]
 
 
 def test_memory_below_the_limit_is_not_a_pass_with_fewer_than_1000_calls_in_flight() -> None:
@@ -147,6 +170,8 @@ def test_every_scenario_runs_on_real_workers_and_every_run_succeeds(
     (level,) = figures["concurrency"]
     assert level["runs"] == level["succeeded"] == 4
     assert level["wall_s"] >= 0.3  # three model calls of 0.1 s each, one after another
+    # As many bare runs, on the same workers: the same three model waits, one after another.
+    assert level["bare"]["wall_s"] >= 0.3 and level["bare"]["worker_cpu_ms_per_step"] > 0
     memory = figures["memory"]
     assert memory["succeeded"] == 5
     assert memory["peak_model_calls_in_flight"] >= 1 and memory["peak_worker_rss_mb"] > 0
