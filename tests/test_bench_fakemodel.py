@@ -302,7 +302,8 @@ def test_two_hundred_concurrent_calls_are_in_flight_together() -> None:
             )
         return [completion.choices[0].message.content for completion in completions]
 
-    with running(Behaviour(latency=0.2, tools=())) as url:
+    # Long enough that all 200 are sent before the first answer, on a slow machine too.
+    with running(Behaviour(latency=1.0, tools=())) as url:
         answers = asyncio.run(call_all(url))
         counts = stats(url)
     assert answers == [ANSWER] * 200

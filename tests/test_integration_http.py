@@ -640,7 +640,9 @@ def test_a_client_that_never_reads_holds_up_neither_another_follower_nor_the_wor
     log = deployment.log(run_id)
     assert sse.stored == log
     assert sse.ended
-    assert sum(m.payload["seq"] is None for m in sse.messages[:-1]) == ANSWER_WORDS
+    # Deltas are best-effort: a follower that fell behind and read the answer's stored
+    # event first drops the deltas it had not passed on yet.
+    assert sum(m.payload["seq"] is None for m in sse.messages[:-1]) <= ANSWER_WORDS
     assert late.stored == log
     assert late.ended
 
