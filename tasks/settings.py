@@ -23,6 +23,7 @@ class Settings:
     prices_file: str | None = None
     watchdog_grace: float = 60.0
     watchdog_max_resumes: int = 3
+    delta_interval: float = 0.05  # seconds: a model call publishes its deltas this often
     # The HTTP API (`stepwise serve`): bearer token → owner, and browser origins.
     api_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     api_secret: str | None = field(default=None, repr=False)
@@ -53,6 +54,7 @@ class Settings:
             watchdog_max_resumes=int(
                 env.get("STEPWISE_WATCHDOG_MAX_RESUMES") or cls.watchdog_max_resumes
             ),
+            delta_interval=float(env.get("STEPWISE_DELTA_INTERVAL") or cls.delta_interval),
             api_tokens=_tokens(env.get("STEPWISE_API_TOKENS", "")),
             api_secret=env.get("STEPWISE_API_SECRET") or None,
             cors_origins=tuple(

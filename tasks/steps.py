@@ -26,6 +26,7 @@ from providers.types import (
     usage_to_json,
 )
 from storage import TERMINAL, Run, Step, Tx
+from storage.deltas import LiveDeltas
 from storage.events import (
     MODEL_COMPLETED,
     MODEL_DELTA,
@@ -116,15 +117,21 @@ def model_step(rt: Runtime, run_id: str, number: int, where: Where) -> Next:
         raise StepFailed(begun)
     agent, request, attempt, earlier_calls = begun
     streamed = 0
+    live = LiveDeltas(
+        lambda data: rt.store.publish_live(run_id, MODEL_DELTA, data, number),
+        rt.settings.delta_interval,
+    )
 
     def on_delta(delta: Delta) -> None:
         nonlocal streamed
         streamed += 1
-        data = {"kind": delta.kind, "text": delta.text, "index": delta.index, "attempt": attempt}
-        rt.store.publish_live(run_id, MODEL_DELTA, data, number)
+        live.add({"kind": delta.kind, "text": delta.text, "index": delta.index, "attempt": attempt})
 
     try:
-        response = rt.providers.for_model(agent.model).complete(request, on_delta)
+        try:
+            response = rt.providers.for_model(agent.model).complete(request, on_delta)
+        finally:
+            live.close()  # every delta is out before the step records or retracts them
     except Retryable:
         _release(rt, run_id, number, retract=streamed > 0)
         raise

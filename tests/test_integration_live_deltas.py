@@ -1,0 +1,38 @@
+"""A real worker streams a long answer to a follower in fewer, longer deltas, text intact."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from tasks import client
+from tests import fake_openai as wire
+from tests.fake_openai import FakeOpenAI
+from tests.test_integration_provider_retries import server, start  # noqa: F401 (fixtures)
+
+PIECES = [f"word{n} " for n in range(300)]
+
+
+def test_a_long_answer_reaches_a_follower_whole_in_fewer_deltas_than_the_model_sent(
+    start: Callable[..., Any],  # noqa: F811
+    server: FakeOpenAI,  # noqa: F811
+) -> None:
+    start()
+    # The reply waits a little, so the follower below is listening when it streams.
+    server.reply(wire.Hang(1.0, wire.Stream(wire.text_deltas(*PIECES))))
+    run_id = client.start_run("streamer", "Say a lot.")
+    seen: list[dict[str, Any]] = []
+    follower = threading.Thread(target=lambda: seen.extend(client.follow(run_id, timeout=60)))
+    follower.start()
+
+    run = client.wait(run_id, timeout=60)
+    follower.join(60)
+
+    assert run.status == "succeeded", run.error
+    assert run.result == "".join(PIECES)
+    deltas = [e["data"] for e in seen if e["type"] == "model.delta"]
+    assert "".join(d["text"] for d in deltas) == run.result
+    # 300 fragments sent back to back: the first at once, the rest held and joined.
+    assert 1 < len(deltas) < len(PIECES) / 10
+    assert {(d["kind"], d["index"], d["attempt"]) for d in deltas} == {("text", 0, 1)}
