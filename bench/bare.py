@@ -4,7 +4,8 @@ A bare run is the tasks a Stepwise run of the `bench` agent is made of, on the s
 workers, queues, broker and settings, with none of a step's own work: a start, then a
 model step and its tool step(s) for each round of the tool script, then the last model
 step. Each task sends the next one itself, as a step does; a model step sleeps for the
-model's latency instead of calling the model. A round of several tool calls is that
+model's latency instead of calling the model (the last one also for the time its answer
+takes to stream, `tail`). A round of several tool calls is that
 many tasks one after another (Stepwise runs them in parallel, as a chord): the same
 number of tasks, which is what the floor counts.
 
@@ -40,12 +41,13 @@ def _redis() -> redis.Redis:
 
 
 @app.task(name=TASK, acks_late=True, ignore_result=True)
-def bare_step(number: int, latency: float, tasks: list[str], ended: str) -> None:
+def bare_step(number: int, latency: float, tasks: list[str], ended: str, tail: float = 0.0) -> None:
     """Task `number` of a bare run: sleep if it is a model step, then send the next."""
-    if tasks[number] == "model":
-        time.sleep(latency)
     following = number + 1
+    if tasks[number] == "model":
+        time.sleep(latency + (tail if following == len(tasks) else 0.0))
     if following < len(tasks):
-        bare_step.si(following, latency, tasks, ended).apply_async(queue=QUEUES[tasks[following]])
+        following_task = bare_step.si(following, latency, tasks, ended, tail)
+        following_task.apply_async(queue=QUEUES[tasks[following]])
     else:
         _redis().rpush(ended, time.time())

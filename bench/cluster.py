@@ -20,6 +20,7 @@ import redis
 from celery import Celery
 
 from bench.baseline import QUEUE
+from bench.fakemodel import Behaviour
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -32,6 +33,7 @@ class Cluster:
     env: dict[str, str]
     model_url: str
     latency: float
+    streaming: float = 0.0  # seconds the final answer takes to stream, after the latency
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     others: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -57,11 +59,19 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-def _fake_model(latency: float, tools: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def answer(words: int) -> str:
+    """A final answer of `words` words (0: the fake server's own short answer)."""
+    return " ".join(f"word{n}" for n in range(words))
+
+
+def _fake_model(
+    latency: float, tools: str, words: int, pace: float, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
     argv = [sys.executable, "-m", "bench.fakemodel", "--port", "0", "--latency", str(latency)]
-    process = subprocess.Popen(
-        [*argv, "--tools", tools], cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("ab")
-    )
+    argv += ["--tools", tools, "--tokens-per-second", str(pace)]
+    if words:
+        argv += ["--answer", answer(words)]
+    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("ab"))
     assert process.stdout is not None
     line = process.stdout.readline().decode()
     if not line.startswith("listening on "):
@@ -81,12 +91,15 @@ def cluster(
     tools: str,
     pool: str,
     concurrency: int,
+    answer_words: int = 0,
+    tokens_per_second: float = 0.0,
 ) -> Iterator[Cluster]:
     """The fake model server, `workers` Stepwise workers (`-P pool -c concurrency`) and a
     baseline worker, with Redis keys under a prefix of their own, deleted at the end."""
     logs = RESULTS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    model, model_url = _fake_model(latency, tools, logs / "fakemodel.log")
+    pace = tokens_per_second
+    model, model_url = _fake_model(latency, tools, answer_words, pace, logs / "fakemodel.log")
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     env = {
         **os.environ,
@@ -103,7 +116,9 @@ def cluster(
     }
     common = ["-P", pool, "-c", str(concurrency), "--loglevel=WARNING"]
     common += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    found = Cluster(env=env, model_url=model_url, latency=latency, others=[model])
+    words = answer_words or len(Behaviour.answer.split())
+    streaming = words / pace if pace else 0.0
+    found = Cluster(env, model_url, latency, streaming, others=[model])
     celery = str(Path(sys.executable).with_name("celery"))
     try:
         for n in range(workers):

@@ -72,6 +72,8 @@ class Config:
     levels: tuple[int, ...] = (10, 100, 1000)
     latency: float = 1.0
     tools: str = "1,1"
+    answer_words: int = 0  # the final answer's length; 0: the fake server's short answer
+    tokens_per_second: float = 0.0  # how fast the fake server streams it; 0: all at once
     pool: str = "threads"
     concurrency: int = 250
     workers: int = 4  # a threads worker uses one core at most: more processes than cores
@@ -225,7 +227,10 @@ def bare(cfg: Config, found: Cluster, count: int, database: str) -> dict[str, An
     with app.producer_or_acquire() as producer:
         for _ in range(count):
             app.send_task(
-                BARE_TASK, (0, found.latency, tasks, ended), queue="celery", producer=producer
+                BARE_TASK,
+                (0, found.latency, tasks, ended, found.streaming),
+                queue="celery",
+                producer=producer,
             )
     store = redis.Redis.from_url(cfg.redis_url)
     deadline = time.monotonic() + cfg.timeout
@@ -271,7 +276,7 @@ def concurrency(
         "runs": count,
         "succeeded": count - len(failed),
         "wall_s": round(wall, 2),
-        "ideal_s": round(3 * found.latency, 2),
+        "ideal_s": round(3 * found.latency + found.streaming, 2),
         "runs_per_s": round(count / wall, 1),
         "steps_per_s": round(steps / wall, 1),
         "run_latency_ms": percentiles([float(r["finished"]) - began for r in runs]),
@@ -293,6 +298,8 @@ def run_benchmark(cfg: Config) -> dict[str, Any]:
         "redis_url": cfg.redis_url,
         "broker_url": cfg.broker_url or cfg.redis_url,
         "tools": cfg.tools,
+        "answer_words": cfg.answer_words,
+        "tokens_per_second": cfg.tokens_per_second,
         "pool": cfg.pool,
         "concurrency": cfg.concurrency,
     }
@@ -332,6 +339,8 @@ def parse(argv: list[str]) -> Config:
     add("--levels", default="10,100,1000", help="runs started at once, for each point")
     add("--latency", type=float, default=1.0, help="seconds per model call")
     add("--tools", default="1,1", help="the fake model's script: tool calls per round")
+    add("--answer-words", type=int, default=0, help="the final answer's words; 0: a short one")
+    add("--tokens-per-second", type=float, default=0.0, help="the answer's pace; 0: at once")
     add("--pool", default="threads", choices=("threads", "gevent", "prefork", "eventlet", "solo"))
     add("--concurrency", type=int, default=250, help="-c of each worker")
     add("--workers", type=int, default=4, help="Stepwise worker processes")
