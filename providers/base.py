@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 from providers.errors import Fatal
@@ -68,3 +68,26 @@ def split_model(model: str) -> tuple[str, str]:
     if not sep or not provider or not name:
         raise Fatal(f"model {model!r} must look like 'provider:model', e.g. 'scripted:demo'")
     return provider, name
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """`(event, data)` of each server-sent event in a streamed body's lines.
+
+    As the SSE format says: an event ends at a blank line; its `data:` lines are
+    joined by newlines; `event:` names it ("" if not); comments (`:`) and other
+    fields are skipped; one space after a field's colon is not part of its value.
+    An event with no data is skipped, and so is one the body ends in the middle of.
+    """
+    event, data = "", list[str]()
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "", []
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            event = value

@@ -1,10 +1,15 @@
 """The `openai:` provider: Chat Completions through the official SDK.
 
 `to_wire` and `from_wire` translate between our message types and the wire, and
-`StreamAssembler` builds a response from streamed chunks; all three are pure.
-`OpenAIProvider` adds the SDK client (one per base URL and key, SDK retries off)
-and classifies every SDK error once, as `Retryable` or `Fatal`. Any
+`StreamAssembler` builds a response from streamed chunks (the wire's JSON); all three
+are pure. `OpenAIProvider` adds the SDK client (one per base URL and key, SDK retries
+off) and classifies every SDK error once, as `Retryable` or `Fatal`. Any
 OpenAI-compatible server works: `model_settings["base_url"]` or `OPENAI_BASE_URL`.
+
+A stream is read as the SDK's raw response (`with_streaming_response`): its
+server-sent events are parsed by `providers.base.sse_events` and each chunk's JSON goes
+to the assembler as it is. The SDK's iterator would build a typed object of every chunk
+first: three to four times the CPU per streamed token.
 
 Model settings read here: `api_key_env`, `base_url`, `timeout`, `instructions_role`,
 and the request options in `PASSTHROUGH`.
@@ -13,6 +18,7 @@ and the request options in `PASSTHROUGH`.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,9 +27,9 @@ from typing import Any
 
 import openai
 from openai.types import CompletionUsage
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 
-from providers.base import Clients, split_model
+from providers.base import Clients, split_model, sse_events
 from providers.errors import ContextLengthExceeded, Fatal, ProviderError, Retryable, retry_after
 from providers.types import (
     Delta,
@@ -40,6 +46,7 @@ from providers.types import (
 )
 
 __all__ = [
+    "HTTP",
     "OpenAIProvider",
     "StreamAssembler",
     "classified",
@@ -193,18 +200,20 @@ def from_wire(completion: ChatCompletion) -> ModelResponse:
     )
 
 
-def usage_from_wire(usage: CompletionUsage | None) -> Usage:
-    """Token counts from the wire's usage object (absent counters are zero)."""
-    if usage is None:
+def usage_from_wire(usage: CompletionUsage | Mapping[str, Any] | None) -> Usage:
+    """Token counts from the wire's usage object, the SDK's (a completion) or its JSON (a
+    stream's chunk); absent counters are zero."""
+    if not usage:
         return Usage()
-    prompt = usage.prompt_tokens_details
-    completion = usage.completion_tokens_details
+    found = usage if isinstance(usage, Mapping) else usage.model_dump()
+    prompt = found.get("prompt_tokens_details") or {}
+    completion = found.get("completion_tokens_details") or {}
     return Usage(
-        input_tokens=usage.prompt_tokens,
-        output_tokens=usage.completion_tokens,
-        cached_tokens=(prompt.cached_tokens or 0) if prompt else 0,
-        cache_write_tokens=(prompt.cache_write_tokens or 0) if prompt else 0,
-        reasoning_tokens=(completion.reasoning_tokens or 0) if completion else 0,
+        input_tokens=found.get("prompt_tokens") or 0,
+        output_tokens=found.get("completion_tokens") or 0,
+        cached_tokens=prompt.get("cached_tokens") or 0,
+        cache_write_tokens=prompt.get("cache_write_tokens") or 0,
+        reasoning_tokens=completion.get("reasoning_tokens") or 0,
     )
 
 
@@ -234,8 +243,9 @@ class _PartialCall:
 class StreamAssembler:
     """Builds one response from streamed chunks, passing fragments to `on_delta` as they come.
 
-    Tool calls are keyed by their `index`: the first fragment brings the id and
-    name, later ones bring pieces of the arguments, and calls may interleave.
+    A chunk is the wire's JSON object. Tool calls are keyed by their `index`: the
+    first fragment brings the id and name, later ones bring pieces of the
+    arguments, and calls may interleave.
     """
 
     def __init__(self, on_delta: OnDelta | None = None) -> None:
@@ -248,31 +258,34 @@ class StreamAssembler:
         self._model = ""
         self._id = ""
 
-    def add(self, chunk: ChatCompletionChunk) -> None:
+    def add(self, chunk: Mapping[str, Any]) -> None:
         """Take one chunk: the final usage chunk has no choices."""
-        self._id = self._id or chunk.id
-        self._model = chunk.model or self._model
-        if chunk.usage is not None:
-            self._usage = usage_from_wire(chunk.usage)
-        for choice in chunk.choices or ():  # some servers send null on the usage chunk
-            if choice.index != 0:
+        self._id = self._id or chunk.get("id") or ""
+        self._model = chunk.get("model") or self._model
+        if chunk.get("usage") is not None:
+            self._usage = usage_from_wire(chunk["usage"])
+        for choice in chunk.get("choices") or ():  # some servers send null on the usage chunk
+            if choice.get("index", 0) != 0:
                 continue
-            if choice.finish_reason is not None:
-                self._finish = choice.finish_reason
-            delta = choice.delta
-            if delta.content:
-                self._text.append(delta.content)
-                self._emit(Delta("text", delta.content))
-            if delta.refusal:
-                self._refusal.append(delta.refusal)
-                self._emit(Delta("text", delta.refusal))
-            for call in delta.tool_calls or ():
-                function = call.function
-                name = function.name if function else None
-                self._fragment(call.index, call.id, name, function.arguments if function else None)
-            if delta.function_call is not None:  # deprecated single function call
-                fc = delta.function_call
-                self._fragment(0, None, fc.name, fc.arguments)
+            if choice.get("finish_reason") is not None:
+                self._finish = choice["finish_reason"]
+            delta = choice.get("delta") or {}
+            if content := delta.get("content"):
+                self._text.append(content)
+                self._emit(Delta("text", content))
+            if refusal := delta.get("refusal"):
+                self._refusal.append(refusal)
+                self._emit(Delta("text", refusal))
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") or {}
+                self._fragment(
+                    call.get("index", 0),
+                    call.get("id"),
+                    function.get("name"),
+                    function.get("arguments"),
+                )
+            if (fc := delta.get("function_call")) is not None:  # deprecated single function call
+                self._fragment(0, None, fc.get("name"), fc.get("arguments"))
 
     def _fragment(
         self, index: int, id: str | None, name: str | None, arguments: str | None
@@ -311,10 +324,11 @@ class StreamAssembler:
 # --- errors -----------------------------------------------------------------------------------
 
 # The HTTP library under the SDK: httpx for openai 2.x (what the litellm extra installs),
-# httpx2 for 3.x. A connection cut mid-stream surfaces as its TransportError under 2.x.
-_TRANSPORT_ERROR: type[Exception] = importlib.import_module(
-    "httpx2" if int(openai.__version__.partition(".")[0]) >= 3 else "httpx"
-).TransportError
+# httpx2 for 3.x. A connection cut mid-stream surfaces as its TransportError: a stream's
+# body is read here, not through the SDK's iterator, which would wrap it.
+_MAJOR = int(openai.__version__.partition(".")[0])
+HTTP = importlib.import_module("httpx2" if _MAJOR >= 3 else "httpx")
+_TRANSPORT_ERROR: type[Exception] = HTTP.TransportError
 
 
 def classify(error: openai.OpenAIError, model: str, provider: str = PROVIDER) -> ProviderError:
@@ -414,14 +428,30 @@ class OpenAIProvider:
             if on_delta is None:
                 return from_wire(create(**as_sent(wire), timeout=timeout))
             assembler = StreamAssembler(on_delta)
-            sent = as_sent(wire)
-            stream = create(
-                **sent, stream=True, stream_options={"include_usage": True}, timeout=timeout
+            raw = client.chat.completions.with_streaming_response.create(
+                **as_sent(wire),
+                stream=True,
+                stream_options={"include_usage": True},
+                timeout=timeout,
             )
-            with stream:
-                for chunk in stream:
-                    assembler.add(chunk)
+            with raw as response:
+                for _, data in sse_events(response.iter_lines()):
+                    if data.startswith("[DONE]"):
+                        break
+                    assembler.add(chunk_json(data, response.http_request))
             return assembler.response()
+
+
+def chunk_json(data: str, request: Any) -> dict[str, Any]:
+    """One streamed chunk's JSON; an error object in the stream raises as the SDK would."""
+    chunk = json.loads(data)
+    if isinstance(chunk, dict) and chunk.get("error"):
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, Mapping) else None
+        if not message or not isinstance(message, str):
+            message = "An error occurred during streaming"
+        raise openai.APIError(message, request, body=error)
+    return chunk  # type: ignore[no-any-return]
 
 
 def make_client(base_url: str | None, api_key: str) -> openai.OpenAI:

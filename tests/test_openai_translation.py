@@ -9,11 +9,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from providers.errors import Retryable
-from providers.openai import StreamAssembler, from_wire, retry_after, to_wire, usage_from_wire
+from providers.openai import (
+    HTTP,
+    StreamAssembler,
+    chunk_json,
+    from_wire,
+    retry_after,
+    to_wire,
+    usage_from_wire,
+)
 from providers.types import (
     Delta,
     Message,
@@ -378,15 +387,15 @@ def test_usage_details_map_to_our_counters(usage: dict[str, Any] | None, expecte
 # --- streams ----------------------------------------------------------------------------------
 
 
-def chunks(stream: wire.Stream, *, with_usage: bool = True) -> list[ChatCompletionChunk]:
-    """The chunks the fake server would send for `stream`, parsed by the SDK's type."""
+def chunks(stream: wire.Stream, *, with_usage: bool = True) -> list[dict[str, Any]]:
+    """The chunks the fake server would send for `stream`, as JSON; each one is also a valid
+    chunk by the SDK's own type."""
     events = list(wire.events(stream, with_usage))
     assert events[-1] == "[DONE]" or stream.cut or stream.error
-    return [
-        ChatCompletionChunk.model_validate(json.loads(e))
-        for e in events
-        if e != "[DONE]" and "error" not in json.loads(e)
-    ]
+    found = [json.loads(e) for e in events if e != "[DONE]" and "error" not in json.loads(e)]
+    for chunk in found:
+        ChatCompletionChunk.model_validate(chunk)
+    return found
 
 
 def assemble(stream: wire.Stream, **kw: Any) -> tuple[Any, list[Delta]]:
@@ -458,6 +467,18 @@ def test_a_streamed_refusal_finishes_as_refusal() -> None:
 def test_a_stream_that_stops_before_a_finish_reason_is_retryable() -> None:
     with pytest.raises(Retryable, match="stream ended"):
         assemble(wire.Stream(wire.text_deltas("half an ans"), cut=True))
+
+
+def test_an_error_object_inside_a_stream_raises_the_sdk_s_error_with_its_body() -> None:
+    data = json.dumps({"error": {"message": "overloaded", "type": "server_error", "code": None}})
+
+    request = HTTP.Request("POST", "http://127.0.0.1/v1/chat/completions")
+
+    with pytest.raises(openai.APIError, match="overloaded") as raised:
+        chunk_json(data, request)
+
+    assert raised.value.body == {"message": "overloaded", "type": "server_error", "code": None}
+    assert chunk_json('{"id": "c", "choices": []}', request) == {"id": "c", "choices": []}
 
 
 # --- retry-after ------------------------------------------------------------------------------
