@@ -3,7 +3,10 @@
 `to_wire` and `from_wire` translate between our message types and the wire JSON,
 and `StreamAssembler` builds a response from streamed events; all three are pure.
 `AnthropicProvider` adds the SDK client (one per base URL and key, SDK retries
-off) and classifies every failure once, as `Retryable` or `Fatal`.
+off) and classifies every failure once, as `Retryable` or `Fatal`. A stream is read as
+the SDK's raw response (`with_streaming_response`), its events parsed by
+`providers.base.sse_events` and given to the assembler as JSON: the SDK would build a
+typed object of each event first, which the assembler would turn back into JSON.
 
 Thinking round-trips verbatim, to Anthropic only: a `thinking` block becomes
 `Thinking(text, signature, provider="anthropic")`, a `redacted_thinking` block
@@ -27,7 +30,7 @@ from typing import Any
 import anthropic
 import httpx2
 
-from providers.base import Clients, split_model
+from providers.base import Clients, split_model, sse_events
 from providers.errors import ContextLengthExceeded, Fatal, ProviderError, Retryable, retry_after
 from providers.types import (
     Delta,
@@ -424,13 +427,27 @@ class AnthropicProvider:
                 message = client.messages.create(**args, extra_body=extra, timeout=timeout)
                 return from_wire(message)
             assembler = StreamAssembler(on_delta)
-            stream = client.messages.create(**args, stream=True, extra_body=extra, timeout=timeout)
-            with stream:
-                for event in stream:
-                    assembler.add(event)
+            raw = client.messages.with_streaming_response.create(
+                **args, stream=True, extra_body=extra, timeout=timeout
+            )
+            with raw as response:
+                for name, data in sse_events(response.iter_lines()):
+                    if name == "error":  # the SDK's Stream raises this as a status error
+                        body = _error_body(data)
+                        raise classify_status(response.status_code, body, response.headers, model)
+                    if name and name != "ping":
+                        assembler.add(json.loads(data))
             return assembler.response()
         except (anthropic.AnthropicError, httpx2.TransportError) as error:
             raise classify(error, model) from error
+
+
+def _error_body(data: str) -> object:
+    """An `error` event's data: its JSON, or the text if it is not JSON."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data
 
 
 def _timeout(settings: Mapping[str, Any]) -> httpx2.Timeout:

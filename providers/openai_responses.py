@@ -10,8 +10,9 @@ stay inside their item: no `Thinking` part, so nothing is stored or sent twice.
 `Thinking` parts and other providers' opaque items are dropped on the way out.
 
 `to_wire`, `from_wire` and `StreamAssembler` are pure and read the wire's JSON (or
-the SDK's models of it). The client, the timeout and the classification of errors
-are shared with `providers.openai`.
+the SDK's models of it). The client, the timeout, the classification of errors and
+how a stream is read (the SDK's raw response, each event's JSON as it is) are shared
+with `providers.openai`.
 
 Model settings read here: `api_key_env`, `base_url`, `timeout`, `instructions_role`,
 `include`, `reasoning_effort`, `reasoning_summary`, `response_format`, `tool_choice`,
@@ -25,10 +26,11 @@ from typing import Any
 
 import openai
 
-from providers.base import Clients, split_model
+from providers.base import Clients, split_model, sse_events
 from providers.errors import ProviderError, Retryable
 from providers.openai import (
     DEFAULT_BASE_URL,
+    chunk_json,
     classified,
     make_client,
     request_timeout,
@@ -349,7 +351,12 @@ class OpenAIResponsesProvider:
             if on_delta is None:
                 return from_wire(client.responses.create(**wire, timeout=timeout))
             assembler = StreamAssembler(on_delta)
-            with client.responses.create(**wire, stream=True, timeout=timeout) as stream:
-                for event in stream:
-                    assembler.add(event)
+            raw = client.responses.with_streaming_response.create(
+                **wire, stream=True, timeout=timeout
+            )
+            with raw as response:
+                for _, data in sse_events(response.iter_lines()):
+                    if data.startswith("[DONE]"):
+                        break
+                    assembler.add(chunk_json(data, response.http_request))
             return assembler.response()
