@@ -1,13 +1,19 @@
-"""A model call's live deltas, coalesced: at most one publish per interval.
+"""A model call's live deltas: joined, and published in batches by one thread per process.
 
-A model streams a token every few milliseconds, and a publish to Redis costs about
-100 µs of the worker's CPU: published one by one, a long answer's deltas would cost
-more than every other part of its step. `LiveDeltas` publishes a delta at once when
-the call published nothing for `interval` seconds, and otherwise holds it; what it
-holds goes out, neighbours of one part joined into one delta, when the interval has
-passed (from a timer thread shared by the process) or when the call ends (`close`),
-whichever is first. A follower sees the same text in fewer, longer fragments, never
-more than `interval` late.
+A model streams a token every few milliseconds, and a publish to Redis costs a busy
+worker a few hundred µs of CPU (a connection from the pool, a round trip, the GIL
+taken back): published one by one, a long answer's deltas would cost more than every
+other part of its step. So a model call only hands its deltas to `LiveDeltas`, and
+this process's publisher thread sends them: the first at once, then, for each call,
+at most one message per `interval`, the fragments of one part that came in between
+joined into one. A call that sent something less than `interval` ago waits for the
+next multiple of `interval` on the monotonic clock, so busy calls fall due together,
+and every call due at one moment goes in one pipeline, one round trip. A follower
+sees the same text in fewer, longer fragments, at most two intervals late.
+
+All of a process's deltas leave from that one thread, in order, so `close` (which
+waits until what the call handed over has been sent) is all a step needs before it
+records or retracts the call.
 """
 
 from __future__ import annotations
@@ -15,55 +21,71 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-Publish = Callable[[dict[str, Any]], None]
+from storage.fanout import Fanout, Message
 
 log = logging.getLogger(__name__)
 
+CLOSE_WAIT = 10.0  # seconds `close` waits for the publisher before it gives up on it
+
 
 class LiveDeltas:
-    """The deltas of one model call (`add`), published through `publish`, coalesced.
+    """The deltas of one model call: `add` each, `close` at the end of the call.
 
-    `close` publishes what is held; call it before anything that must follow every
-    delta (the step's record, a retraction). `interval` 0 publishes each at once.
+    `message(data)` turns a delta's data (`kind`, `text`, `index`, `attempt`) into
+    the run's message; `fanout` carries it to the run `run_id`.
     """
 
-    def __init__(self, publish: Publish, interval: float) -> None:
-        self._publish = publish
+    def __init__(
+        self,
+        fanout: Fanout,
+        run_id: str,
+        message: Callable[[dict[str, Any]], Message],
+        interval: float,
+    ) -> None:
+        self.fanout = fanout
+        self._run_id = run_id
+        self._message = message
         self._interval = interval
         self._lock = threading.Lock()
         self._held: list[dict[str, Any]] = []
-        self._last = -float("inf")  # monotonic time of the last publish
+        self._last = -float("inf")  # monotonic time of the last handover to the publisher
 
     def add(self, data: dict[str, Any]) -> None:
-        """One delta: `kind`, `text`, `index`, `attempt`."""
+        """One delta; it goes out at once if the call sent nothing for `interval`."""
         with self._lock:
-            now = time.monotonic()
-            if not self._held and now - self._last >= self._interval:
-                self._send([data], now)
-                return
             self._held.append(data)
             if len(self._held) == 1:
-                _timer().at(self._last + self._interval, self.flush)
+                _publisher().at(self._due(time.monotonic()), self)
 
-    def flush(self) -> None:
-        """Publish what is held now."""
+    def _due(self, now: float) -> float:
+        """Now, if the call sent nothing for `interval`; else the next multiple of the
+        interval after that, a moment every busy call of the process shares."""
+        if not self._interval or now >= self._last + self._interval:
+            return now
+        return math.ceil((self._last + self._interval) / self._interval) * self._interval
+
+    def close(self) -> None:
+        """Return once every delta added so far has been published (or `CLOSE_WAIT` passed)."""
+        sent = threading.Event()
+        _publisher().at(-float("inf"), self, sent)
+        if not sent.wait(CLOSE_WAIT):
+            log.warning("live deltas of run %s not published within %gs", self._run_id, CLOSE_WAIT)
+
+    def take(self, now: float) -> list[tuple[str, Message]]:
+        """What is held, joined, as messages to publish now (the publisher's side)."""
         with self._lock:
-            if self._held:
-                held, self._held = self._held, []
-                self._send(held, time.monotonic())
-
-    close = flush
-
-    def _send(self, held: list[dict[str, Any]], now: float) -> None:
-        self._last = now
-        for data in joined(held):
-            self._publish(data)
+            held, self._held = self._held, []
+            if held:
+                self._last = now
+        return [(self._run_id, self._message(data)) for data in joined(held)]
 
 
 def joined(deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -78,19 +100,23 @@ def joined(deltas: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-class _Timer:
-    """One daemon thread that calls each callback at its (monotonic) time."""
+_Due = tuple[float, int, LiveDeltas, threading.Event | None]
+
+
+class _Publisher:
+    """One daemon thread that publishes each call's deltas when they are due."""
 
     def __init__(self) -> None:
-        self._due: list[tuple[float, int, Callable[[], None]]] = []
+        self._due: list[_Due] = []
         self._order = itertools.count()
         self._wake = threading.Condition()
         threading.Thread(target=self._run, name="stepwise-deltas", daemon=True).start()
 
-    def at(self, when: float, callback: Callable[[], None]) -> None:
+    def at(self, when: float, call: LiveDeltas, sent: threading.Event | None = None) -> None:
+        """Publish what `call` holds at `when` (monotonic); then set `sent`, if given."""
         with self._wake:
-            heapq.heappush(self._due, (when, next(self._order), callback))
-            if self._due[0][2] is callback:
+            heapq.heappush(self._due, (when, next(self._order), call, sent))
+            if self._due[0][2] is call:
                 self._wake.notify()
 
     def _run(self) -> None:
@@ -98,21 +124,36 @@ class _Timer:
             with self._wake:
                 while not self._due or self._due[0][0] > time.monotonic():
                     self._wake.wait(self._due[0][0] - time.monotonic() if self._due else None)
-                _, _, callback = heapq.heappop(self._due)
+                now = time.monotonic()
+                due: list[_Due] = []
+                while self._due and self._due[0][0] <= now:
+                    due.append(heapq.heappop(self._due))
             try:
-                callback()
+                self._send(due, now)
             except Exception:  # the thread serves every call of the process: it goes on
-                log.exception("could not publish held deltas")
+                log.exception("could not publish live deltas")
+            for *_, sent in due:
+                if sent is not None:
+                    sent.set()
+
+    @staticmethod
+    def _send(due: list[_Due], now: float) -> None:
+        batches: dict[Fanout, list[tuple[str, Message]]] = defaultdict(list)
+        for _, _, call, _ in due:
+            batches[call.fanout].extend(call.take(now))
+        for fanout, messages in batches.items():
+            if messages:
+                fanout.publish_many(messages)
 
 
-_timers: dict[int, _Timer] = {}
-_timers_lock = threading.Lock()
+_publishers: dict[int, _Publisher] = {}
+_publishers_lock = threading.Lock()
 
 
-def _timer() -> _Timer:
-    """This process's timer (a forked pool child starts its own)."""
+def _publisher() -> _Publisher:
+    """This process's publisher (a forked pool child starts its own)."""
     pid = os.getpid()
-    with _timers_lock:
-        if pid not in _timers:
-            _timers[pid] = _Timer()
-        return _timers[pid]
+    with _publishers_lock:
+        if pid not in _publishers:
+            _publishers[pid] = _Publisher()
+        return _publishers[pid]

@@ -21,7 +21,7 @@ import queue
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import asynccontextmanager, contextmanager
@@ -125,6 +125,11 @@ class Fanout(ABC):
     @abstractmethod
     def publish(self, run_id: str, payload: Message) -> None:
         """Send `payload` to the run's listeners; log and swallow any failure."""
+
+    def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
+        """Send each `(run id, payload)`, in order; log and swallow any failure."""
+        for run_id, payload in messages:
+            self.publish(run_id, payload)
 
     @abstractmethod
     def _attach(self, run_id: str, inbox: _Inbox) -> Future[None]:
@@ -230,6 +235,20 @@ class RedisFanout(Fanout):
             self._client.publish(run_channel(run_id), json.dumps(payload))
         except redis.RedisError as error:
             log.warning("could not publish event of run %s: %s", run_id, error)
+
+    def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
+        """One round trip for all of them (a pipeline, not a transaction)."""
+        if len(messages) < 2:
+            super().publish_many(messages)
+            return
+        pipeline = self._client.pipeline(transaction=False)
+        for run_id, payload in messages:
+            pipeline.publish(run_channel(run_id), json.dumps(payload))
+        try:
+            pipeline.execute()
+        except redis.RedisError as error:
+            runs = sorted({run_id for run_id, _ in messages})
+            log.warning("could not publish events of runs %s: %s", ", ".join(runs), error)
 
     @property
     def channels(self) -> int:

@@ -399,6 +399,18 @@ class Observers:
 OBSERVERS = Observers()
 
 
+def live_payload(run_id: str, type: str, data: dict[str, Any], step: int) -> dict[str, Any]:
+    """The message of an event that is not stored (a token delta): no `seq`."""
+    return {
+        "run_id": run_id,
+        "seq": None,
+        "type": type,
+        "step": step,
+        "data": data,
+        "at": utcnow().isoformat(),
+    }
+
+
 class Store:
     """The database and the fan-out together."""
 
@@ -415,9 +427,9 @@ class Store:
             yield tx
             tx.write_events()
             db.commit()
-        for event in tx.outbox:
-            payload = event_payload(event)
-            self.fanout.publish(event.run_id, payload)
+        payloads = [event_payload(event) for event in tx.outbox]
+        self.fanout.publish_many([(payload["run_id"], payload) for payload in payloads])
+        for payload in payloads:
             self.observers.notify(self, payload)
 
     @contextmanager
@@ -428,15 +440,7 @@ class Store:
 
     def publish_live(self, run_id: str, type: str, data: dict[str, Any], step: int) -> None:
         """Publish an event that is not stored (a token delta)."""
-        payload = {
-            "run_id": run_id,
-            "seq": None,
-            "type": type,
-            "step": step,
-            "data": data,
-            "at": utcnow().isoformat(),
-        }
-        self.fanout.publish(run_id, payload)
+        self.fanout.publish(run_id, live_payload(run_id, type, data, step))
 
     def model_history(self, run_id: str, upto: int) -> list[dict[str, Any]]:
         """The run's model.started, .completed and .retracted events with `seq <= upto`."""

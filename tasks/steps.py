@@ -36,6 +36,7 @@ from storage.events import (
     RUN_STARTED,
 )
 from storage.models import utcnow
+from storage.store import live_payload
 from tasks import loop
 from tasks.agents import Agent
 from tasks.errors import StepFailed, UnknownAgent
@@ -118,7 +119,9 @@ def model_step(rt: Runtime, run_id: str, number: int, where: Where) -> Next:
     agent, request, attempt, earlier_calls = begun
     streamed = 0
     live = LiveDeltas(
-        lambda data: rt.store.publish_live(run_id, MODEL_DELTA, data, number),
+        rt.store.fanout,
+        run_id,
+        lambda data: live_payload(run_id, MODEL_DELTA, data, number),
         rt.settings.delta_interval,
     )
 

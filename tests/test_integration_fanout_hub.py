@@ -381,3 +381,16 @@ def test_a_follower_whose_event_loop_is_blocked_does_not_hold_up_the_others():
     # told it lost the rest (the notice may come after the first message it reads).
     assert late.count(LOST) == 1
     assert [m for m in late if m is not LOST] == [{"seq": s} for s in range(8)]
+
+
+def test_messages_published_together_reach_each_run_s_followers_in_order() -> None:
+    fanout = RedisFanout(REDIS_URL)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        with fanout.subscribe(first) as one, fanout.subscribe(second) as two:
+            together = [(first, {"seq": 1}), (second, {"seq": 1})]
+            fanout.publish_many([*together, (first, {"seq": 2}), (first, {"seq": 3})])
+            assert _read_all(one, 3) == [{"seq": 1}, {"seq": 2}, {"seq": 3}]
+            assert _read_all(two, 1) == [{"seq": 1}]
+    finally:
+        fanout.close()

@@ -1,74 +1,134 @@
-"""A model call's live deltas: published at once after a quiet spell, else held and joined."""
+"""A model call's live deltas: the first at once, then at most one message per interval,
+joined, published by the process's publisher thread; `close` waits until all are out."""
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from typing import Any
 
 from storage.deltas import LiveDeltas, joined
+from storage.fanout import Fanout, Message, _Inbox
 from tasks.settings import Settings
+
+WAIT = 10.0  # seconds: generous, a slow machine's thread switch is never this long
 
 
 def _text(text: str, index: int = 0, kind: str = "text", attempt: int = 1) -> dict[str, Any]:
     return {"kind": kind, "text": text, "index": index, "attempt": attempt}
 
 
-class Published(list[dict[str, Any]]):
-    """What a `LiveDeltas` published, with an event set on each publish."""
+class Recorded(Fanout):
+    """A fan-out that keeps what was published, each batch as one list."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self.batches: list[list[tuple[str, Message]]] = []
         self.arrived = threading.Event()
 
-    def __call__(self, data: dict[str, Any]) -> None:
-        self.append(data)
+    def publish(self, run_id: str, payload: Message) -> None:
+        self.publish_many([(run_id, payload)])
+
+    def publish_many(self, messages: Any) -> None:
+        self.batches.append(list(messages))
         self.arrived.set()
+
+    def texts(self) -> list[str]:
+        return [payload["text"] for batch in self.batches for _, payload in batch]
+
+    def wait(self) -> None:
+        assert self.arrived.wait(WAIT), "the publisher published nothing"
+        self.arrived.clear()
+
+    def _attach(self, run_id: str, inbox: _Inbox) -> Future[None]:
+        raise NotImplementedError
+
+    def _detach(self, run_id: str, inbox: _Inbox) -> None:
+        raise NotImplementedError
+
+
+def _call(fanout: Fanout, interval: float, run_id: str = "run-1") -> LiveDeltas:
+    return LiveDeltas(fanout, run_id, lambda data: data, interval)
 
 
 def test_the_first_delta_of_a_call_goes_out_at_once() -> None:
-    published = Published()
-    live = LiveDeltas(published, interval=3600)
+    fanout = Recorded()
+    live = _call(fanout, interval=3600)
 
     live.add(_text("Hel"))
 
-    assert published == [_text("Hel")]
+    fanout.wait()
+    assert fanout.batches == [[("run-1", _text("Hel"))]]
 
 
-def test_deltas_within_the_interval_are_held_then_go_out_joined_when_the_call_ends() -> None:
-    published = Published()
-    live = LiveDeltas(published, interval=3600)  # the timer never fires in this test
+def test_deltas_within_the_interval_are_held_then_go_out_joined_when_the_call_closes() -> None:
+    fanout = Recorded()
+    live = _call(fanout, interval=3600)  # nothing more is due before the call closes
+    live.add(_text("Hel"))
+    fanout.wait()
 
-    for piece in ("Hel", "lo, ", "world"):
+    for piece in ("lo, ", "wor", "ld"):
         live.add(_text(piece))
-    assert published == [_text("Hel")]
+    assert fanout.texts() == ["Hel"]
     live.close()
 
-    assert published == [_text("Hel"), _text("lo, world")]
+    assert fanout.texts() == ["Hel", "lo, world"]
 
 
-def test_held_deltas_go_out_when_the_interval_has_passed_without_waiting_for_the_end() -> None:
-    published = Published()
-    live = LiveDeltas(published, interval=0.05)
+def test_held_deltas_go_out_when_the_interval_has_passed_without_waiting_for_the_close() -> None:
+    fanout = Recorded()
+    live = _call(fanout, interval=0.05)
     live.add(_text("a"))
-    published.arrived.clear()
+    fanout.wait()
 
     live.add(_text("b"))
     live.add(_text("c"))
 
-    assert published.arrived.wait(10), "the timer did not publish the held deltas"
-    assert published == [_text("a"), _text("bc")]
+    fanout.wait()
+    assert fanout.texts() == ["a", "bc"]
     live.close()  # nothing is left to publish
-    assert published == [_text("a"), _text("bc")]
+    assert fanout.texts() == ["a", "bc"]
 
 
-def test_with_no_interval_every_delta_goes_out_as_it_comes() -> None:
-    published = Published()
-    live = LiveDeltas(published, interval=0)
+def test_calls_due_while_the_publisher_was_busy_go_out_together_in_one_batch() -> None:
+    class Slow(Recorded):
+        """Its first batch waits until the test lets it go."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.sending, self.go = threading.Event(), threading.Event()
+
+        def publish_many(self, messages: Any) -> None:
+            self.sending.set()
+            assert self.go.wait(WAIT)
+            super().publish_many(messages)
+
+    fanout = Slow()
+    first, second = _call(fanout, 0, "run-1"), _call(fanout, 0, "run-2")
+    first.add(_text("1a"))
+    assert fanout.sending.wait(WAIT)
+    first.add(_text("1b"))  # the publisher is busy sending 1a: these wait for it
+    second.add(_text("2a"))
+    first.add(_text("1c"))
+
+    fanout.go.set()
+    first.close()
+    second.close()
+
+    assert fanout.batches == [
+        [("run-1", _text("1a"))],
+        [("run-1", _text("1b1c")), ("run-2", _text("2a"))],
+    ]
+
+
+def test_with_no_interval_each_delta_goes_out_as_soon_as_the_publisher_can() -> None:
+    fanout = Recorded()
+    live = _call(fanout, interval=0)
 
     for piece in ("x", "y", "z"):
         live.add(_text(piece))
+        fanout.wait()
 
-    assert [d["text"] for d in published] == ["x", "y", "z"]
+    assert fanout.texts() == ["x", "y", "z"]
 
 
 def test_only_neighbouring_fragments_of_one_part_and_attempt_are_joined() -> None:
@@ -91,11 +151,30 @@ def test_only_neighbouring_fragments_of_one_part_and_attempt_are_joined() -> Non
 
 
 def test_closing_a_call_that_streamed_nothing_publishes_nothing() -> None:
-    published = Published()
+    fanout = Recorded()
 
-    LiveDeltas(published, interval=0.05).close()
+    _call(fanout, interval=0.05).close()
 
-    assert published == []
+    assert fanout.batches == []
+
+
+def test_a_publish_that_fails_does_not_stop_the_publisher() -> None:
+    class Failing(Recorded):
+        def publish_many(self, messages: Any) -> None:
+            if not self.batches:
+                self.batches.append([])
+                raise RuntimeError("the fan-out broke")
+            super().publish_many(messages)
+
+    fanout = Failing()
+    live = _call(fanout, interval=0)
+    live.add(_text("lost"))
+    live.close()
+
+    live.add(_text("kept"))
+    live.close()
+
+    assert fanout.texts() == ["kept"]
 
 
 def test_the_interval_is_50_ms_unless_stepwise_delta_interval_says_otherwise() -> None:
