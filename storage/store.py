@@ -205,7 +205,13 @@ def _written_before_reading(state: ORMExecuteState) -> None:
 
 
 def lock_run(db: Session, run_id: str) -> Run | None:
-    """The run with its row locked until the transaction ends, read fresh; None if absent."""
+    """The run with its row locked until the transaction ends, read fresh; None if absent.
+
+    A run this transaction already holds (locked, or inserted) is returned as it is.
+    """
+    held = db.info.get(_HELD, {}).get(run_id)
+    if held is not None:
+        return held  # type: ignore[no-any-return]
     run = db.exec(_LOCK_RUN, params={"run_id": run_id}).first()
     return hold(db, run) if run is not None else None
 

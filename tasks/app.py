@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -18,6 +19,7 @@ from celery.canvas import Signature
 from celery.signals import beat_init, worker_init, worker_process_init
 
 from providers.errors import Retryable
+from storage import Tx
 from storage.models import utcnow
 from tasks import records, runs, schedules, steps, timing, tool_steps, watchdog
 from tasks.agents import Agents
@@ -131,7 +133,11 @@ def start_run(
                 "metadata": metadata,
                 "owner": owner,
             }
-            run_id, created = _accept(rt, run_id, fields, unexpected)
+            started: list[records.Next] = []
+            run_id, created = _accept(rt, run_id, fields, unexpected, started.append)
+            if started:  # a new run, recorded and started in one transaction
+                _send_next(self, rt, run_id, started[0])
+                return run_id
         if not runs.is_uuid(run_id):
             raise UserError("stepwise.start_run needs a UUID run_id, or an agent and an input")
         # A run this message has just created is no schedule's: only `fire` makes those.
@@ -147,16 +153,25 @@ def start_run(
 
 
 def _accept(
-    rt: Runtime, run_id: Any, fields: dict[str, Any], unexpected: dict[str, Any]
+    rt: Runtime,
+    run_id: Any,
+    fields: dict[str, Any],
+    unexpected: dict[str, Any],
+    started: Callable[[records.Next], None],
 ) -> tuple[str, bool]:
     """Validate and record a run sent by name from another application: (run id, created).
+    A new run is started in the same transaction, and what follows goes to `started`.
 
     A bad message raises `UserError` and writes nothing: the task fails with the
     reason, visible in Flower and to the caller's AsyncResult.
     """
     if unexpected:
         raise UserError(f"stepwise.start_run got unexpected arguments: {sorted(unexpected)}")
-    return runs.accept(rt, run_id=run_id, **fields)
+
+    def start(tx: Tx, new_run: str) -> None:
+        started(steps.start_in(tx, rt, new_run))
+
+    return runs.accept(rt, run_id=run_id, **fields, then=start)
 
 
 @app.task(name="stepwise.model_step", bind=True, acks_late=True, ignore_result=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeGuard
@@ -94,8 +95,12 @@ def accept(
     idempotency_key: Any = None,
     metadata: Any = None,
     owner: Any = None,
+    then: Callable[[Tx, str], None] | None = None,
 ) -> tuple[str, bool]:
-    """Validate a start request and record it: `(run id, created)`; `UserError` if bad."""
+    """Validate a start request and record it: `(run id, created)`; `UserError` if bad.
+
+    `then(tx, run_id)` runs in the same transaction when the run is new (to start it).
+    """
     new = validate(
         rt.agents,
         agent=agent,
@@ -108,7 +113,10 @@ def accept(
         max_input_chars=rt.settings.max_input_chars,
     )
     with rt.store.transaction() as tx:
-        return record(tx, new)
+        run_id, created = record(tx, new)
+        if created and then is not None:
+            then(tx, run_id)
+        return run_id, created
 
 
 def _storable(text: str) -> bool:

@@ -81,27 +81,32 @@ __all__ = [
 def start(rt: Runtime, run_id: str) -> Next:
     """Move a queued run to running and schedule its first model step."""
     with rt.store.transaction() as tx:
-        run = locked_run(tx.db, run_id)
-        if run.status in TERMINAL:
-            return NOTHING
-        if run.status != "queued":
-            first = step_of(tx.db, run_id, 1)
-            return Next(model=1) if first.status == "pending" else NOTHING
-        try:
-            agent = rt.agents.get(run.agent)
-        except UnknownAgent as error:
-            finish(tx, run, "failed", reason=f"{error} (on this worker)")
-            return NOTHING
-        now = utcnow()
-        deadline = now + timedelta(seconds=agent.deadline)
-        tx.write(run, status="running", started_at=now, deadline_at=deadline)
-        append(tx.db, run, Message.text("user", run.input))
-        add_steps(tx.db, run_id, [(1, None)])
-        tx.emit(
-            run_id,
-            RUN_STARTED,
-            {"agent": agent.name, "model": agent.model, "deadline": deadline.isoformat()},
-        )
+        return start_in(tx, rt, run_id)
+
+
+def start_in(tx: Tx, rt: Runtime, run_id: str) -> Next:
+    """`start`, inside a transaction of the caller's (the one that recorded the run, say)."""
+    run = locked_run(tx.db, run_id)
+    if run.status in TERMINAL:
+        return NOTHING
+    if run.status != "queued":
+        first = step_of(tx.db, run_id, 1)
+        return Next(model=1) if first.status == "pending" else NOTHING
+    try:
+        agent = rt.agents.get(run.agent)
+    except UnknownAgent as error:
+        finish(tx, run, "failed", reason=f"{error} (on this worker)")
+        return NOTHING
+    now = utcnow()
+    deadline = now + timedelta(seconds=agent.deadline)
+    tx.write(run, status="running", started_at=now, deadline_at=deadline)
+    append(tx.db, run, Message.text("user", run.input))
+    add_steps(tx.db, run_id, [(1, None)])
+    tx.emit(
+        run_id,
+        RUN_STARTED,
+        {"agent": agent.name, "model": agent.model, "deadline": deadline.isoformat()},
+    )
     return Next(model=1)
 
 

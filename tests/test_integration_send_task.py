@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,39 @@ def test_an_app_with_only_celery_installed_starts_a_run_by_task_name(
     assert run.status == "succeeded", run.error
     assert run.result == "1+2 and 3+4 are done"
     assert run.input == "add things from afar"
+    # Recorded and started in one transaction: one transaction id on both events' rows.
+    writers = query(
+        database_url,
+        "SELECT type, xmin::text FROM stepwise_events WHERE run_id = %s AND seq <= 2 ORDER BY seq",
+        run_id,
+    )
+    assert [kind for kind, _ in writers] == ["run.queued", "run.started"]
+    assert writers[0][1] == writers[1][1]
+
+
+def test_the_same_start_message_twice_starts_the_run_once(worker: Any, database_url: str) -> None:
+    worker()
+    message = {"run_id": str(uuid.uuid4()), "agent": "parallel", "input": "add things twice"}
+
+    for _ in range(2):
+        app.send_task("stepwise.start_run", kwargs=message, queue="celery")
+    wait_until(
+        "the run recorded",
+        lambda: query(database_url, "SELECT 1 FROM stepwise_runs WHERE id = %s", message["run_id"]),
+    )
+    run = client.wait(message["run_id"], timeout=30)
+
+    assert run.status == "succeeded", run.error
+    log = query(
+        database_url, "SELECT type FROM stepwise_events WHERE run_id = %s", message["run_id"]
+    )
+    assert [kind for (kind,) in log].count("run.started") == 1
+    steps = query(
+        database_url,
+        "SELECT count(*) FROM stepwise_steps WHERE run_id = %s AND number = 1",
+        message["run_id"],
+    )
+    assert steps == [(1,)]
 
 
 def _counts(database_url: str) -> dict[str, int]:
