@@ -11,9 +11,10 @@ next multiple of `interval` on the monotonic clock, so busy calls fall due toget
 and every call due at one moment goes in one pipeline, one round trip. A follower
 sees the same text in fewer, longer fragments, at most two intervals late.
 
-All of a process's deltas leave from that one thread, in order, so `close` (which
-waits until what the call handed over has been sent) is all a step needs before it
-records or retracts the call.
+A call's deltas leave in order: from that thread, or, at `close`, from the step's
+own thread when none of the call's are on their way. So `close` (which returns once
+what the call handed over has been sent) is all a step needs before it records or
+retracts the call.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class LiveDeltas:
         self._lock = threading.Lock()
         self._held: list[dict[str, Any]] = []
         self._last = -float("inf")  # monotonic time of the last handover to the publisher
+        self._sending = 0  # batches of this call the publisher has taken and not yet sent
 
     def add(self, data: dict[str, Any]) -> None:
         """One delta; it goes out at once if the call sent nothing for `interval`."""
@@ -73,18 +75,41 @@ class LiveDeltas:
         return math.ceil((self._last + self._interval) / self._interval) * self._interval
 
     def close(self) -> None:
-        """Return once every delta added so far has been published (or `CLOSE_WAIT` passed)."""
+        """Return once every delta added so far has been published (or `CLOSE_WAIT` passed).
+
+        With nothing of the call on its way, what is held is sent from here, at once;
+        else the publisher sends it after what it is sending, and this waits for that.
+        """
+        with self._lock:
+            if not self._sending:
+                held, self._held = self._held, []
+                try:
+                    if held:
+                        self.fanout.publish_many(self._messages(held))
+                except Exception:  # live deltas are best-effort: the step goes on
+                    log.exception("could not publish live deltas of run %s", self._run_id)
+                return
         sent = threading.Event()
         _publisher().at(-float("inf"), self, sent)
         if not sent.wait(CLOSE_WAIT):
             log.warning("live deltas of run %s not published within %gs", self._run_id, CLOSE_WAIT)
 
     def take(self, now: float) -> list[tuple[str, Message]]:
-        """What is held, joined, as messages to publish now (the publisher's side)."""
+        """What is held, joined, as messages to publish now (the publisher's side); call
+        `sent` once they are."""
         with self._lock:
             held, self._held = self._held, []
             if held:
                 self._last = now
+                self._sending += 1
+        return self._messages(held)
+
+    def sent(self) -> None:
+        """The publisher sent (or failed to send) what it last took."""
+        with self._lock:
+            self._sending -= 1
+
+    def _messages(self, held: list[dict[str, Any]]) -> list[tuple[str, Message]]:
         return [(self._run_id, self._message(data)) for data in joined(held)]
 
 
@@ -139,11 +164,18 @@ class _Publisher:
     @staticmethod
     def _send(due: list[_Due], now: float) -> None:
         batches: dict[Fanout, list[tuple[str, Message]]] = defaultdict(list)
+        taken: list[LiveDeltas] = []
         for _, _, call, _ in due:
-            batches[call.fanout].extend(call.take(now))
-        for fanout, messages in batches.items():
+            messages = call.take(now)
             if messages:
+                batches[call.fanout].extend(messages)
+                taken.append(call)
+        try:
+            for fanout, messages in batches.items():
                 fanout.publish_many(messages)
+        finally:
+            for call in taken:
+                call.sent()
 
 
 _publishers: dict[int, _Publisher] = {}

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
-from tasks import client
 from tests import fake_openai as wire
 from tests.fake_openai import FakeOpenAI
-from tests.test_integration_provider_retries import server, start  # noqa: F401 (fixtures)
+from tests.test_integration_provider_retries import (  # noqa: F401 (fixtures)
+    followed_run,
+    server,
+    start,
+)
 
 PIECES = [f"word{n} " for n in range(300)]
 
@@ -21,13 +23,7 @@ def test_a_long_answer_reaches_a_follower_whole_in_fewer_deltas_than_the_model_s
     start()
     # The reply waits a little, so the follower below is listening when it streams.
     server.reply(wire.Hang(1.0, wire.Stream(wire.text_deltas(*PIECES))))
-    run_id = client.start_run("streamer", "Say a lot.")
-    seen: list[dict[str, Any]] = []
-    follower = threading.Thread(target=lambda: seen.extend(client.follow(run_id, timeout=60)))
-    follower.start()
-
-    run = client.wait(run_id, timeout=60)
-    follower.join(60)
+    run, seen = followed_run("Say a lot.")
 
     assert run.status == "succeeded", run.error
     assert run.result == "".join(PIECES)

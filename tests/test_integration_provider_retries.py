@@ -64,6 +64,17 @@ def _log(database_url: str, run_id: str) -> list[tuple[str, int | None, dict[str
     return [(kind, step, data, at) for kind, step, data, at in rows]
 
 
+def followed_run(question: str) -> tuple[Any, list[dict[str, Any]]]:
+    """A `streamer` run to its end, and all a follower that started with it saw."""
+    run_id = client.start_run("streamer", question)
+    seen: list[dict[str, Any]] = []
+    follower = threading.Thread(target=lambda: seen.extend(client.follow(run_id, timeout=60)))
+    follower.start()
+    run = client.wait(run_id, timeout=60)
+    follower.join(60)
+    return run, seen
+
+
 def _model_events(log: list[tuple[str, int | None, dict[str, Any], datetime]]) -> list[str]:
     return [kind for kind, _, _, _ in log if kind.startswith("model.")]
 
@@ -128,16 +139,10 @@ def test_a_stream_cut_short_is_retracted_so_a_follower_keeps_only_the_retried_an
         wire.Stream(wire.text_deltas("The capital ", "of France is Ly"), cut=True),
         wire.Hang(1.0, wire.Stream(wire.text_deltas("The capital ", "of France is Paris."))),
     )
-    run_id = client.start_run("streamer", "Capital of France?")
-    seen: list[dict[str, Any]] = []
-    follower = threading.Thread(target=lambda: seen.extend(client.follow(run_id, timeout=60)))
-    follower.start()
-
-    run = client.wait(run_id, timeout=60)
-    follower.join(60)
+    run, seen = followed_run("Capital of France?")
 
     assert run.status == "succeeded", run.error
-    log = _log(database_url, run_id)
+    log = _log(database_url, run.id)
     assert _model_events(log) == [
         "model.started",
         "model.retracted",

@@ -4,6 +4,7 @@ joined, published by the process's publisher thread; `close` waits until all are
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -23,6 +24,7 @@ class Recorded(Fanout):
 
     def __init__(self) -> None:
         self.batches: list[list[tuple[str, Message]]] = []
+        self.senders: list[threading.Thread] = []
         self.arrived = threading.Event()
 
     def publish(self, run_id: str, payload: Message) -> None:
@@ -30,6 +32,7 @@ class Recorded(Fanout):
 
     def publish_many(self, messages: Any) -> None:
         self.batches.append(list(messages))
+        self.senders.append(threading.current_thread())
         self.arrived.set()
 
     def texts(self) -> list[str]:
@@ -38,6 +41,20 @@ class Recorded(Fanout):
     def wait(self) -> None:
         assert self.arrived.wait(WAIT), "the publisher published nothing"
         self.arrived.clear()
+
+    @staticmethod
+    def wait_for_sent(call: LiveDeltas) -> None:
+        """Until the publisher has marked what it took of `call` as sent."""
+        deadline = time.monotonic() + WAIT
+        while call._sending:
+            assert time.monotonic() < deadline, "the publisher never finished sending"
+            time.sleep(0.001)
+
+    def wait_for(self, batches: int) -> None:
+        deadline = time.monotonic() + WAIT
+        while len(self.batches) < batches:
+            assert time.monotonic() < deadline, f"{len(self.batches)} of {batches} batches"
+            time.sleep(0.001)
 
     def _attach(self, run_id: str, inbox: _Inbox) -> Future[None]:
         raise NotImplementedError
@@ -111,8 +128,7 @@ def test_calls_due_while_the_publisher_was_busy_go_out_together_in_one_batch() -
     first.add(_text("1c"))
 
     fanout.go.set()
-    first.close()
-    second.close()
+    fanout.wait_for(2)
 
     assert fanout.batches == [
         [("run-1", _text("1a"))],
@@ -148,6 +164,21 @@ def test_only_neighbouring_fragments_of_one_part_and_attempt_are_joined() -> Non
         _text("More", index=2),
         _text(" text!", index=2, attempt=2),
     ]
+
+
+def test_a_call_with_nothing_on_its_way_sends_what_it_holds_itself_when_it_closes() -> None:
+    fanout = Recorded()
+    live = _call(fanout, interval=3600)
+    live.add(_text("a"))
+    fanout.wait_for(1)
+    fanout.wait_for_sent(live)
+    live.add(_text("b"))
+
+    live.close()
+
+    assert fanout.texts() == ["a", "b"]
+    assert fanout.senders[0] is not threading.current_thread()  # the publisher's
+    assert fanout.senders[1] is threading.current_thread()
 
 
 def test_closing_a_call_that_streamed_nothing_publishes_nothing() -> None:
