@@ -99,10 +99,11 @@ class LiveDeltas:
         `sent` once they are."""
         with self._lock:
             held, self._held = self._held, []
-            if held:
+            messages = self._messages(held)
+            if messages:
                 self._last = now
                 self._sending += 1
-        return self._messages(held)
+        return messages
 
     def sent(self) -> None:
         """The publisher sent (or failed to send) what it last took."""
@@ -165,12 +166,12 @@ class _Publisher:
     def _send(due: list[_Due], now: float) -> None:
         batches: dict[Fanout, list[tuple[str, Message]]] = defaultdict(list)
         taken: list[LiveDeltas] = []
-        for _, _, call, _ in due:
-            messages = call.take(now)
-            if messages:
-                batches[call.fanout].extend(messages)
-                taken.append(call)
         try:
+            for _, _, call, _ in due:
+                messages = call.take(now)
+                if messages:
+                    taken.append(call)
+                    batches[call.fanout].extend(messages)
             for fanout, messages in batches.items():
                 fanout.publish_many(messages)
         finally:
