@@ -10,7 +10,6 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -123,7 +122,6 @@ def start_run(
     """Record the run if the message describes a new one, then start its loop."""
     rt = current_runtime()
     try:
-        created = False
         if agent is not None or input is not None or unexpected:
             fields = {
                 "agent": agent,
@@ -133,15 +131,13 @@ def start_run(
                 "metadata": metadata,
                 "owner": owner,
             }
-            started: list[records.Next] = []
-            run_id, created = _accept(rt, run_id, fields, unexpected, started.append)
-            if started:  # a new run, recorded and started in one transaction
-                _send_next(self, rt, run_id, started[0])
+            run_id, started = _accept(rt, run_id, fields, unexpected)
+            if started is not None:  # a new run, recorded and started in one transaction
+                _send_next(self, rt, run_id, started)
                 return run_id
         if not runs.is_uuid(run_id):
             raise UserError("stepwise.start_run needs a UUID run_id, or an agent and an input")
-        # A run this message has just created is no schedule's: only `fire` makes those.
-        behind = None if created else schedules.waiting_behind(rt, run_id)
+        behind = schedules.waiting_behind(rt, run_id)
         if behind is not None:  # its schedule queues runs: this one starts after `behind`
             waiting = schedules.Waiting(f"run {run_id} waits for run {behind} of its schedule")
             poll = min(QUEUE_POLL_MAX, 1.0 + self.request.retries / 4)
@@ -153,14 +149,11 @@ def start_run(
 
 
 def _accept(
-    rt: Runtime,
-    run_id: Any,
-    fields: dict[str, Any],
-    unexpected: dict[str, Any],
-    started: Callable[[records.Next], None],
-) -> tuple[str, bool]:
-    """Validate and record a run sent by name from another application: (run id, created).
-    A new run is started in the same transaction, and what follows goes to `started`.
+    rt: Runtime, run_id: Any, fields: dict[str, Any], unexpected: dict[str, Any]
+) -> tuple[str, records.Next | None]:
+    """Validate and record a run sent by name from another application. A new run is
+    started in the same transaction: (run id, what follows it), or (run id, None) for
+    a run recorded before (a message sent again, or one a client recorded).
 
     A bad message raises `UserError` and writes nothing: the task fails with the
     reason, visible in Flower and to the caller's AsyncResult.
@@ -168,10 +161,13 @@ def _accept(
     if unexpected:
         raise UserError(f"stepwise.start_run got unexpected arguments: {sorted(unexpected)}")
 
-    def start(tx: Tx, new_run: str) -> None:
-        started(steps.start_in(tx, rt, new_run))
+    started: list[records.Next] = []
 
-    return runs.accept(rt, run_id=run_id, **fields, then=start)
+    def start(tx: Tx, new_run: str) -> None:
+        started.append(steps.start_in(tx, rt, new_run))
+
+    run_id, _ = runs.accept(rt, run_id=run_id, **fields, then=start)
+    return run_id, started[0] if started else None
 
 
 @app.task(name="stepwise.model_step", bind=True, acks_late=True, ignore_result=True)
