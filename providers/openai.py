@@ -49,6 +49,7 @@ __all__ = [
     "HTTP",
     "OpenAIProvider",
     "StreamAssembler",
+    "chunk_json",
     "classified",
     "classify",
     "from_wire",
@@ -56,6 +57,7 @@ __all__ = [
     "message_to_wire",
     "request_timeout",
     "retry_after",
+    "stream_chunks",
     "stream_error",
     "to_wire",
     "usage_from_wire",
@@ -435,11 +437,18 @@ class OpenAIProvider:
                 timeout=timeout,
             )
             with raw as response:
-                for _, data in sse_events(response.iter_lines()):
-                    if data.startswith("[DONE]"):
-                        break
-                    assembler.add(chunk_json(data, response.http_request))
+                for chunk in stream_chunks(response):
+                    assembler.add(chunk)
             return assembler.response()
+
+
+def stream_chunks(response: Any) -> Iterator[dict[str, Any]]:
+    """The JSON of each chunk of a raw streamed response (the SDK's `APIResponse`), up
+    to `[DONE]`."""
+    for _, data in sse_events(response.iter_lines()):
+        if data.startswith("[DONE]"):
+            return
+        yield chunk_json(data, response.http_request)
 
 
 def chunk_json(data: str, request: Any) -> dict[str, Any]:

@@ -26,14 +26,14 @@ from typing import Any
 
 import openai
 
-from providers.base import Clients, split_model, sse_events
+from providers.base import Clients, split_model
 from providers.errors import ProviderError, Retryable
 from providers.openai import (
     DEFAULT_BASE_URL,
-    chunk_json,
     classified,
     make_client,
     request_timeout,
+    stream_chunks,
     stream_error,
 )
 from providers.types import (
@@ -355,8 +355,6 @@ class OpenAIResponsesProvider:
                 **wire, stream=True, timeout=timeout
             )
             with raw as response:
-                for _, data in sse_events(response.iter_lines()):
-                    if data.startswith("[DONE]"):
-                        break
-                    assembler.add(chunk_json(data, response.http_request))
+                for chunk in stream_chunks(response):
+                    assembler.add(chunk)
             return assembler.response()
