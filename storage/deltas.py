@@ -141,8 +141,9 @@ class _Publisher:
     def at(self, when: float, call: LiveDeltas, sent: threading.Event | None = None) -> None:
         """Publish what `call` holds at `when` (monotonic); then set `sent`, if given."""
         with self._wake:
-            heapq.heappush(self._due, (when, next(self._order), call, sent))
-            if self._due[0][2] is call:
+            order = next(self._order)
+            heapq.heappush(self._due, (when, order, call, sent))
+            if self._due[0][1] == order:  # the new first: the thread sleeps until too late
                 self._wake.notify()
 
     def _run(self) -> None:

@@ -4,13 +4,12 @@ joined, published by the process's publisher thread; `close` waits until all are
 from __future__ import annotations
 
 import threading
-import time
-from concurrent.futures import Future
 from typing import Any
 
 from storage.deltas import LiveDeltas, joined
-from storage.fanout import Fanout, Message, _Inbox
+from storage.fanout import Fanout, LocalFanout, Message
 from tasks.settings import Settings
+from tests.test_integration_support import wait_until
 
 WAIT = 10.0  # seconds: generous, a slow machine's thread switch is never this long
 
@@ -19,48 +18,34 @@ def _text(text: str, index: int = 0, kind: str = "text", attempt: int = 1) -> di
     return {"kind": kind, "text": text, "index": index, "attempt": attempt}
 
 
-class Recorded(Fanout):
-    """A fan-out that keeps what was published, each batch as one list."""
+class Recorded(LocalFanout):
+    """The in-process fan-out, keeping what was published, each batch as one list."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.batches: list[list[tuple[str, Message]]] = []
         self.senders: list[threading.Thread] = []
-        self.arrived = threading.Event()
-
-    def publish(self, run_id: str, payload: Message) -> None:
-        self.publish_many([(run_id, payload)])
+        self._waited = 0
 
     def publish_many(self, messages: Any) -> None:
         self.batches.append(list(messages))
         self.senders.append(threading.current_thread())
-        self.arrived.set()
 
     def texts(self) -> list[str]:
         return [payload["text"] for batch in self.batches for _, payload in batch]
 
     def wait(self) -> None:
-        assert self.arrived.wait(WAIT), "the publisher published nothing"
-        self.arrived.clear()
+        """Until one batch more than at the last `wait` has been published."""
+        self._waited += 1
+        self.wait_for(self._waited)
+
+    def wait_for(self, batches: int) -> None:
+        wait_until(f"{batches} batch(es)", lambda: len(self.batches) >= batches, within=WAIT)
 
     @staticmethod
     def wait_for_sent(call: LiveDeltas) -> None:
         """Until the publisher has marked what it took of `call` as sent."""
-        deadline = time.monotonic() + WAIT
-        while call._sending:
-            assert time.monotonic() < deadline, "the publisher never finished sending"
-            time.sleep(0.001)
-
-    def wait_for(self, batches: int) -> None:
-        deadline = time.monotonic() + WAIT
-        while len(self.batches) < batches:
-            assert time.monotonic() < deadline, f"{len(self.batches)} of {batches} batches"
-            time.sleep(0.001)
-
-    def _attach(self, run_id: str, inbox: _Inbox) -> Future[None]:
-        raise NotImplementedError
-
-    def _detach(self, run_id: str, inbox: _Inbox) -> None:
-        raise NotImplementedError
+        wait_until("the publisher to finish sending", lambda: not call._sending, within=WAIT)
 
 
 def _call(fanout: Fanout, interval: float, run_id: str = "run-1") -> LiveDeltas:
