@@ -12,7 +12,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine, Table, bindparam, func, insert, inspect, literal, update
 from sqlalchemy import event as orm_events
-from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import ORMExecuteState, make_transient_to_detached
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
@@ -202,6 +203,29 @@ def _written_before_reading(state: ORMExecuteState) -> None:
     wait for the transaction's end and go with its events, in one statement."""
     if not state.is_insert and _UNWRITTEN in state.session.info:
         write_pending(state.session)
+
+
+def insert_new(db: Session, row: Any) -> bool:
+    """Insert `row` (a new model object) unless a row with any of its unique keys
+    exists, in one statement (`INSERT … ON CONFLICT DO NOTHING`): True if it was
+    inserted, and `row` is then in the session as if loaded. False if one was there,
+    or is being inserted by a transaction that then commits (Postgres waits for it).
+
+    The session's flush would need a savepoint and a read before it to tell the two
+    apart without aborting the transaction.
+    """
+    mapper = inspect(row).mapper
+    table = mapper.local_table
+    values = {a.columns[0].name: getattr(row, a.key) for a in mapper.column_attrs}
+    values = {name: value for name, value in values.items() if value is not None}
+    dialect = postgresql if db.get_bind().dialect.name == "postgresql" else sqlite
+    (key,) = table.primary_key.columns
+    statement = dialect.insert(table).values(values).on_conflict_do_nothing().returning(key)
+    if db.execute(statement).first() is None:
+        return False
+    make_transient_to_detached(row)
+    db.add(row)
+    return True
 
 
 def lock_run(db: Session, run_id: str) -> Run | None:

@@ -10,12 +10,12 @@ from datetime import datetime
 from typing import Any, TypeGuard
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, delete, select
 
 from storage import TERMINAL, Run, Thread, Tx
 from storage.events import EVENT_FOR_STATUS, RUN_CANCEL_REQUESTED, RUN_QUEUED
 from storage.models import utcnow
-from storage.store import hold, lock_run
+from storage.store import hold, insert_new, lock_run
 from tasks.agents import Agents
 from tasks.errors import InvalidInput, NotYours, RunNotFound
 from tasks.runtime import Runtime
@@ -148,6 +148,8 @@ def record(tx: Tx, new: NewRun) -> tuple[str, bool]:
     a retried request never starts a second run. A run or thread of another
     owner is refused (`NotYours`), never returned or continued.
     """
+    if new.thread is None and _record_alone(tx, new):
+        return new.run_id, True
     existing = _existing(tx.db, new)
     if existing is not None:
         return existing, False
@@ -169,15 +171,7 @@ def record(tx: Tx, new: NewRun) -> tuple[str, bool]:
             if tx.db.get(Thread, thread_id) is None:
                 tx.db.add(Thread(id=thread_id, owner=new.owner))
                 tx.db.flush()
-            run = Run(
-                id=new.run_id,
-                agent=new.agent,
-                input=new.input,
-                thread_id=thread_id,
-                idempotency_key=new.idempotency_key,
-                meta=new.metadata,
-                owner=new.owner,
-            )
+            run = _new_run(new, thread_id)
             tx.db.add(run)
             tx.db.flush()
     except IntegrityError:
@@ -185,9 +179,44 @@ def record(tx: Tx, new: NewRun) -> tuple[str, bool]:
         if existing is None:
             raise
         return existing, False
-    hold(tx.db, run)  # inserted just now: nobody else sees it before the commit
-    tx.emit(new.run_id, RUN_QUEUED, {"agent": new.agent, "thread": thread_id})
+    _queued(tx, run)
     return new.run_id, True
+
+
+def _new_run(new: NewRun, thread_id: str) -> Run:
+    return Run(
+        id=new.run_id,
+        agent=new.agent,
+        input=new.input,
+        thread_id=thread_id,
+        idempotency_key=new.idempotency_key,
+        meta=new.metadata,
+        owner=new.owner,
+    )
+
+
+def _queued(tx: Tx, run: Run) -> None:
+    hold(tx.db, run)  # inserted just now: nobody else sees it before the commit
+    tx.emit(run.id, RUN_QUEUED, {"agent": run.agent, "thread": run.thread_id})
+
+
+def _record_alone(tx: Tx, new: NewRun) -> bool:
+    """Record a run on a new thread named after it, in two statements; False, with
+    nothing written, if the thread or the run (its id or its idempotency key) exists.
+
+    A request sent again finds its thread, and `record` then answers with the run.
+    """
+    thread = Thread(id=new.run_id, owner=new.owner)
+    if not insert_new(tx.db, thread):
+        return False
+    run = _new_run(new, thread.id)
+    if insert_new(tx.db, run):
+        _queued(tx, run)
+        return True
+    # Its idempotency key, or its id on another thread, is taken: the thread is not needed.
+    tx.db.execute(delete(Thread).where(col(Thread.id) == thread.id))
+    tx.db.expunge(thread)
+    return False
 
 
 def _existing(db: Session, new: NewRun) -> str | None:

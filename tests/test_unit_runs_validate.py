@@ -258,3 +258,22 @@ def test_another_owners_run_id_idempotency_key_or_thread_is_refused_and_nothing_
     assert accept(runtime, **GOOD, run_id=run_id, owner="alice") == (run_id, False)
     again = str(uuid.uuid4())
     assert accept(runtime, **GOOD, run_id=again, thread=thread, owner="alice") == (again, True)
+
+
+def test_a_start_whose_idempotency_key_or_run_id_is_taken_answers_with_that_run_and_adds_no_thread(
+    runtime,
+):
+    first, key, thread = str(uuid.uuid4()), f"key-{uuid.uuid4()}", f"thread-{uuid.uuid4()}"
+    assert accept(runtime, **GOOD, run_id=first, idempotency_key=key) == (first, True)
+
+    other = str(uuid.uuid4())  # a new run id, on a thread of its own, with a taken key
+    assert accept(runtime, **GOOD, run_id=other, idempotency_key=key) == (first, False)
+    assert _rows(runtime, other) == 0  # neither its run nor its thread
+
+    on_a_thread = str(uuid.uuid4())
+    accept(runtime, **GOOD, run_id=on_a_thread, thread=thread)
+    # The same run id sent again without its thread: the run it names, and no thread of its own.
+    assert accept(runtime, **GOOD, run_id=on_a_thread) == (on_a_thread, False)
+    with Session(runtime.store.engine) as db:
+        assert db.get(Thread, on_a_thread) is None
+        assert db.get(Run, on_a_thread).thread_id == thread
