@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeGuard
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, delete, select
 
 from storage import TERMINAL, Run, Thread, Tx
@@ -154,33 +154,42 @@ def record(tx: Tx, new: NewRun) -> tuple[str, bool]:
     if existing is not None:
         return existing, False
     thread_id = new.thread or new.run_id
-    # Lock an existing thread's row: two starts on one thread take turns at this check.
-    thread = tx.db.exec(select(Thread).where(Thread.id == thread_id).with_for_update()).first()
-    if thread is not None and thread.owner != new.owner:
+    _take_thread(tx, thread_id, new.owner)
+    run = _new_run(new, thread_id)
+    if insert_new(tx.db, run):
+        _queued(tx, run)
+        return new.run_id, True
+    # Its id or idempotency key was taken by a run that committed since `_existing` read.
+    existing = _existing(tx.db, new)
+    if existing is None:  # taken and freed again while this waited: too rare to retry here
+        raise RuntimeError(f"run {new.run_id}: its id or idempotency key changed hands; send again")
+    return existing, False
+
+
+def _take_thread(tx: Tx, thread_id: str, owner: str | None) -> None:
+    """Lock the thread's row, or insert it, so that two starts on one thread take turns;
+    `NotYours` if it is another owner's, `InvalidInput` if a run on it is in progress."""
+    while True:
+        thread = tx.db.exec(_LOCK_THREAD, params={"thread_id": thread_id}).first()
+        if thread is not None:
+            break
+        if insert_new(tx.db, Thread(id=thread_id, owner=owner)):
+            return  # a new thread: nobody's run is on it
+        # Another start made it meanwhile (Postgres waited for its commit): lock it.
+    if thread.owner != owner:
         raise NotYours(f"thread {thread_id!r} belongs to another owner")
-    active = tx.db.exec(
-        select(Run.id).where(Run.thread_id == thread_id, col(Run.status).not_in(TERMINAL))
-    ).first()
+    active = tx.db.exec(_ACTIVE_RUN, params={"thread_id": thread_id}).first()
     if active is not None:
         raise InvalidInput(
             f"thread {thread_id!r} has a run in progress ({active}): "
             "wait for it to end or cancel it first"
         )
-    try:
-        with tx.db.begin_nested():
-            if tx.db.get(Thread, thread_id) is None:
-                tx.db.add(Thread(id=thread_id, owner=new.owner))
-                tx.db.flush()
-            run = _new_run(new, thread_id)
-            tx.db.add(run)
-            tx.db.flush()
-    except IntegrityError:
-        existing = _existing(tx.db, new)
-        if existing is None:
-            raise
-        return existing, False
-    _queued(tx, run)
-    return new.run_id, True
+
+
+_LOCK_THREAD = select(Thread).where(col(Thread.id) == bindparam("thread_id")).with_for_update()
+_ACTIVE_RUN = select(Run.id).where(
+    col(Run.thread_id) == bindparam("thread_id"), col(Run.status).not_in(TERMINAL)
+)
 
 
 def _new_run(new: NewRun, thread_id: str) -> Run:

@@ -1,9 +1,11 @@
 """runs.validate: every bad start request gets a clear UserError; good ones are normalised."""
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlmodel import Session
 
 from providers import Providers
@@ -15,6 +17,7 @@ from tasks.demo import demo_agent
 from tasks.runs import NewRun, accept, validate
 from tasks.runtime import Runtime
 from tasks.settings import Settings
+from tests.test_integration_support import wait_until
 
 AGENTS = Agents([demo_agent(Settings())])
 LIMIT = 50
@@ -277,3 +280,34 @@ def test_a_start_whose_idempotency_key_or_run_id_is_taken_answers_with_that_run_
     with Session(runtime.store.engine) as db:
         assert db.get(Thread, on_a_thread) is None
         assert db.get(Run, on_a_thread).thread_id == thread
+
+
+@pytest.mark.parametrize("runtime", ["postgres"], indirect=True)
+def test_two_starts_racing_onto_a_new_thread_take_turns_and_the_second_is_refused(runtime):
+    thread = f"thread-{uuid.uuid4()}"
+    inside, finish = threading.Event(), threading.Event()
+
+    def hold_open(tx, run_id):  # the first start's transaction stays open, thread inserted
+        inside.set()
+        assert finish.wait(20)
+
+    def waiting_on_a_lock() -> bool:
+        with runtime.store.engine.connect() as connection:
+            return bool(
+                connection.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar()
+            )
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(accept, runtime, **GOOD, thread=thread, then=hold_open)
+        assert inside.wait(20)
+        second = pool.submit(accept, runtime, **GOOD, thread=thread)
+        wait_until("the second start to wait for the first's thread row", waiting_on_a_lock)
+        finish.set()
+        first_run, created = first.result(timeout=20)
+        with pytest.raises(InvalidInput, match=f"has a run in progress \\({first_run}\\)"):
+            second.result(timeout=20)
+
+    assert created
+    with Session(runtime.store.engine) as db:
+        runs = db.execute(select(Run.id).where(Run.thread_id == thread)).scalars().all()
+    assert list(runs) == [first_run]
