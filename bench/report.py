@@ -91,7 +91,33 @@ def table(figures: dict[str, Any]) -> str:
             f"| one {pool} worker, {in_flight} model calls in flight: peak RSS | {rss} MB | "
             f"| < 300 MB with ≥ 1,000 in flight ({verdict}) |"
         )
+    if "fanout" in figures:
+        rows += _fanout(figures["fanout"])
     return "\n".join(rows)
+
+
+KEPT_UP = 0.98
+
+
+def _fanout(found: dict[str, Any]) -> list[str]:
+    """The fan-out rows: `bench.follow`'s figures (its own section in docs/benchmarks.md)."""
+    stored, seen, deltas = found["stored"], found["correctness"], found["deltas"]
+    who = f"{found['runs']} runs x {found['followers']} followers"
+    receipt, delivered = stored["commit_to_receipt_ms"], deltas["publish_to_receipt_ms"]
+    wrong = seen["not_exactly_once_in_order"] + seen["errors"]
+    # The publishers are paced to the target, so a run that kept up lands just under it.
+    kept_up = "met" if stored["per_s"] >= KEPT_UP * stored["target_per_s"] else "missed"
+    return [
+        f"| fan-out, {who}: stored events committed/s | {stored['per_s']} | "
+        f"| {stored['target_per_s']:g}/s ({kept_up}) |",
+        f"| fan-out: commit → follower, p50 / p99 | {receipt['p50']} / {receipt['p99']} ms | | |",
+        f"| fan-out: followers that saw every event once, in order | "
+        f"{seen['followers'] - wrong} of {seen['followers']} | | all |",
+        f"| fan-out: model.delta delivered/s (share of published x followers) | "
+        f"{deltas['delivered_per_s']} ({deltas['delivered_share']:.0%}) | | |",
+        f"| fan-out: model.delta publish → follower, p50 / p99 | "
+        f"{delivered['p50']} / {delivered['p99']} ms | | |",
+    ]
 
 
 def _memory(figures: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Benchmark the runtime on real workers: step overhead, concurrency and memory.
+"""Benchmark the runtime on real workers: step overhead, concurrency, memory, fan-out.
 
 Starts a fake model server (`bench.fakemodel`), Celery workers running Stepwise and a
 baseline worker (`bench.baseline`), against a scratch Postgres database and Redis
@@ -15,6 +15,10 @@ under a key prefix of its own, then runs the scenarios:
   workers, Celery alone, a model step a sleep of `--latency` s.
 - **memory**: the same with one worker process and `--memory-latency`, so every model
   call is in flight at once; the worker's peak RSS.
+- **fanout**: `bench.follow` with no worker running, for `--fanout-seconds`: stored
+  events committed at `--fanout-rate` a second over `--fanout-runs` runs, each run
+  followed by `--fanout-followers`; commit to follower; then `model.delta` messages at
+  `--fanout-delta-rate` a second, and how many reach the followers, how soon.
 
     .venv/bin/python -m bench.run                       # every scenario, the defaults
     .venv/bin/python -m bench.run --scenarios overhead --overhead-runs 20
@@ -44,6 +48,7 @@ import redis
 from celery import chain
 from sqlalchemy import make_url
 
+from bench import follow
 from bench.bare import TASK as BARE_TASK
 from bench.bare import shape as bare_shape
 from bench.cluster import Cluster, Sampler, client_app, cluster, profiling
@@ -60,7 +65,7 @@ from storage.db import normalise_url
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "run.json"
-SCENARIOS = ("baseline", "overhead", "concurrency", "memory")
+SCENARIOS = ("baseline", "overhead", "concurrency", "memory", "fanout")
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
 
 
@@ -84,6 +89,11 @@ class Config:
     memory_latency: float = 60.0
     memory_concurrency: int = 1100  # -c of the one worker: room for every call at once
     memory_pool: str = "gevent"  # a greenlet costs less memory than a thread
+    fanout_runs: int = 100
+    fanout_followers: int = 10  # per run
+    fanout_rate: float = 1000.0  # stored events per second, all runs together
+    fanout_seconds: float = 10.0  # of stored events; then half as long of deltas
+    fanout_delta_rate: float = 2000.0  # model.delta messages a second; 0: as fast as they go
     timeout: float = 600.0
     database_url: str = LOCAL_DATABASE
     redis_url: str = LOCAL_REDIS
@@ -288,6 +298,34 @@ def concurrency(
     }
 
 
+def fanout(cfg: Config) -> dict[str, Any]:
+    """`bench.follow`, shorter than its defaults, with no workers running: stored events
+    committed at `fanout_rate` a second over `fanout_runs` runs, each followed by
+    `fanout_followers`, then `model.delta` messages at `fanout_delta_rate` a second."""
+    found = follow.run_benchmark(
+        follow.Config(
+            runs=cfg.fanout_runs,
+            followers=cfg.fanout_followers,
+            rate=cfg.fanout_rate,
+            seconds=cfg.fanout_seconds,
+            delta_seconds=cfg.fanout_seconds / 2,
+            delta_rate=cfg.fanout_delta_rate,
+            publisher_processes=2,
+            publisher_threads=4,
+            follower_processes=2,
+            database_url=cfg.database_url,
+            redis_url=cfg.redis_url,
+        )
+    )
+    return {
+        "runs": cfg.fanout_runs,
+        "followers": cfg.fanout_followers,
+        "stored": found["stored"],
+        "correctness": found["correctness"],
+        "deltas": found["deltas"],
+    }
+
+
 # The coordinator
 
 
@@ -318,6 +356,9 @@ def run_benchmark(cfg: Config) -> dict[str, Any]:
                     level = concurrency(cfg, found, count, database)
                     figures["concurrency"].append(level)
                     print(f"concurrency {count}: {level}", flush=True)
+        if "fanout" in cfg.scenarios:
+            figures["fanout"] = fanout(cfg)
+            print(f"fanout: {figures['fanout']}", flush=True)
         if "memory" in cfg.scenarios:
             one = {**pools, "pool": cfg.memory_pool, "concurrency": cfg.memory_concurrency}
             with cluster(url, workers=1, latency=cfg.memory_latency, **one) as found:
@@ -351,6 +392,16 @@ def parse(argv: list[str]) -> Config:
     add("--memory-latency", type=float, default=60.0, help="long, so every call is in flight")
     add("--memory-concurrency", type=int, default=1100, help="-c of the memory scenario's worker")
     add("--memory-pool", default="gevent", choices=("gevent", "threads", "eventlet"))
+    add("--fanout-runs", type=int, default=100)
+    add("--fanout-followers", type=int, default=10, help="followers per run")
+    add("--fanout-rate", type=float, default=1000.0, help="stored events/s, all runs together")
+    add(
+        "--fanout-seconds",
+        type=float,
+        default=10.0,
+        help="of stored events; half as long of deltas",
+    )
+    add("--fanout-delta-rate", type=float, default=2000.0, help="deltas/s; 0: as fast as they go")
     add("--timeout", type=float, default=600.0, help="seconds to wait for a scenario's runs")
     add("--database-url", default=env.get("STEPWISE_DATABASE_URL") or LOCAL_DATABASE)
     add("--redis-url", default=env.get("STEPWISE_REDIS_URL") or LOCAL_REDIS)

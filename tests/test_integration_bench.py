@@ -38,6 +38,21 @@ def _figures() -> dict[str, Any]:
         "overhead": {"step_ms": {"p50": 7.0, "p99": 25.0}},
         "concurrency": [{**level, "runs": 10, "wall_s": 3.2}, level],
         "memory": {"peak_worker_rss_mb": 250.0, "peak_model_calls_in_flight": 1000},
+        "fanout": {
+            "runs": 100,
+            "followers": 10,
+            "stored": {
+                "target_per_s": 1000.0,
+                "per_s": 950.0,
+                "commit_to_receipt_ms": {"p50": 1.2, "p99": 7.0},
+            },
+            "correctness": {"followers": 1000, "not_exactly_once_in_order": 1, "errors": 0},
+            "deltas": {
+                "delivered_per_s": 19995.0,
+                "delivered_share": 1.0,
+                "publish_to_receipt_ms": {"p50": 0.8, "p99": 12.1},
+            },
+        },
         "machine": {
             "cpus": 2,
             "cpu_model": "a CPU",
@@ -75,6 +90,21 @@ def test_the_table_gives_each_figure_as_a_ratio_to_the_baseline_and_checks_its_t
     assert "| 10 runs at once: wall (ideal 3.0 s) | 3.2 s | 0.64x the bare runs' |  |" in text
     assert "| 1000 runs: the workers' CPU per step | 9.0 ms | 4.50x of a hop's CPU | |" in text
     assert "| 1000 bare runs: the workers' CPU per step | 3.0 ms | 1.50x of a hop's CPU | |" in text
+
+
+def test_the_table_carries_the_fan_out_figures_and_its_verdicts() -> None:
+    text = table(_figures())
+
+    assert (
+        "| fan-out, 100 runs x 10 followers: stored events committed/s | 950.0 | "
+        "| 1000/s (missed) |"
+    ) in text
+    assert "| fan-out: commit → follower, p50 / p99 | 1.2 / 7.0 ms | | |" in text
+    assert (
+        "| fan-out: followers that saw every event once, in order | 999 of 1000 | | all |" in text
+    )
+    assert "| fan-out: model.delta delivered/s (share of published x followers) | " in text
+    assert "| fan-out: model.delta publish → follower, p50 / p99 | 0.8 / 12.1 ms | | |" in text
 
 
 def test_a_level_measured_without_its_bare_runs_has_no_ratio_to_them() -> None:
@@ -153,6 +183,14 @@ def test_every_scenario_runs_on_real_workers_and_every_run_succeeds(
         "1.0",
         "--memory-concurrency",
         "20",
+        "--fanout-runs",
+        "4",
+        "--fanout-followers",
+        "2",
+        "--fanout-rate",
+        "40",
+        "--fanout-seconds",
+        "1",
         "--no-record",
         "--output",
         str(output),
@@ -175,7 +213,14 @@ def test_every_scenario_runs_on_real_workers_and_every_run_succeeds(
     memory = figures["memory"]
     assert memory["succeeded"] == 5
     assert memory["peak_model_calls_in_flight"] >= 1 and memory["peak_worker_rss_mb"] > 0
+    fanout = figures["fanout"]
+    assert fanout["correctness"]["followers"] == 8
+    assert (
+        fanout["correctness"]["not_exactly_once_in_order"] == fanout["correctness"]["errors"] == 0
+    )
+    assert fanout["stored"]["events"] > 0 and fanout["deltas"]["delivered"] > 0
     assert "| figure | value |" in done.stdout
+    assert "| fan-out, 4 runs x 2 followers: stored events committed/s |" in done.stdout
 
 
 @pytest.mark.services
