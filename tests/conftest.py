@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,6 +43,8 @@ os.environ.update(
         "STEPWISE_AGENTS": "tests.agents",
     }
 )
+
+from tasks.app import app as celery_app  # noqa: E402  (after the settings above)
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -119,6 +122,11 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for key in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "STEPWISE_REDIS_URL"):
         monkeypatch.delenv(key, raising=False)
     url = f"sqlite:///{tmp_path / 'stepwise.db'}"
+    # An eager task run here makes the shared Celery app a result backend for this
+    # environment (none) and keeps it, in one of two places (Celery 5.7: shared if the
+    # backend is thread-safe, else per thread): both are put back when the test ends.
+    monkeypatch.setattr(celery_app, "_backend_cache", None)
+    monkeypatch.setattr(celery_app, "_local", threading.local())
     monkeypatch.setenv("STEPWISE_DATABASE_URL", url)
     monkeypatch.setenv("STEPWISE_AGENTS", "tests.agents")
     return {"STEPWISE_DATABASE_URL": url, "STEPWISE_AGENTS": "tests.agents"}
