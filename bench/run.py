@@ -302,21 +302,19 @@ def fanout(cfg: Config) -> dict[str, Any]:
     """`bench.follow`, shorter than its defaults, with no workers running: stored events
     committed at `fanout_rate` a second over `fanout_runs` runs, each followed by
     `fanout_followers`, then `model.delta` messages at `fanout_delta_rate` a second."""
-    found = follow.run_benchmark(
-        follow.Config(
-            runs=cfg.fanout_runs,
-            followers=cfg.fanout_followers,
-            rate=cfg.fanout_rate,
-            seconds=cfg.fanout_seconds,
-            delta_seconds=cfg.fanout_seconds / 2,
-            delta_rate=cfg.fanout_delta_rate,
-            publisher_processes=2,
-            publisher_threads=4,
-            follower_processes=2,
-            database_url=cfg.database_url,
-            redis_url=cfg.redis_url,
-        )
-    )
+    # bench.follow's own command line, so its other settings keep their defaults.
+    options = {
+        "--runs": cfg.fanout_runs,
+        "--followers": cfg.fanout_followers,
+        "--rate": cfg.fanout_rate,
+        "--seconds": cfg.fanout_seconds,
+        "--delta-seconds": cfg.fanout_seconds / 2,
+        "--delta-rate": cfg.fanout_delta_rate,
+        "--database-url": cfg.database_url,
+        "--redis-url": cfg.redis_url,
+    }
+    follow_cfg, _ = follow.parse([str(part) for pair in options.items() for part in pair])
+    found = follow.run_benchmark(follow_cfg)
     return {
         "runs": cfg.fanout_runs,
         "followers": cfg.fanout_followers,
