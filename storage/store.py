@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, Table, bindparam, func, insert, inspect, literal, update
 from sqlalchemy import event as orm_events
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import ORMExecuteState, make_transient_to_detached
+from sqlalchemy.orm import ORMExecuteState, defer, make_transient_to_detached
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
@@ -54,11 +54,28 @@ _LOCK_RUN = (
     .with_for_update()
     .execution_options(populate_existing=True)
 )
+# The run's columns a step never reads: one statement of a run and its steps carries the
+# run's columns on every step's row, and its input (any size) would be read once per step
+# for every model step. Reading one of them from the run it returns raises.
+STEP_UNREAD = (
+    "input",
+    "owner",
+    "idempotency_key",
+    "meta",
+    "result",
+    "error",
+    "resumes",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "progressed_at",
+)
 _LOCK_RUN_AND_STEPS = (
     select(Run, Step)
     .join(Step, col(Step.run_id) == col(Run.id))
     .where(col(Run.id) == bindparam("run_id"))
     .order_by(col(Step.number))
+    .options(*(defer(getattr(Run, name), raiseload=True) for name in STEP_UNREAD))
     .with_for_update()
     .execution_options(populate_existing=True)
 )
@@ -245,6 +262,7 @@ def lock_run_and_steps(
 ) -> tuple[Run, list[Step]] | None:
     """The run and its steps (or only step `number`), every row locked and read fresh,
     in one round trip; None if the run or the step is absent, or the run has no steps.
+    The run comes without the columns steps do not read (`STEP_UNREAD`).
 
     Postgres locks the rows in the order of the FROM list, the run's first, as every
     transaction that writes a step has. Locking the steps' rows as well is what keeps

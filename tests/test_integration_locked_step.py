@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.exc import InvalidRequestError
 from sqlmodel import Session, select
 
 from storage import Step, Store, Tx
@@ -157,3 +159,26 @@ def test_an_emitted_count_survives_locking_the_run_and_its_steps_again(store):
         run = lock_run(tx.db, run_id)
         assert run is not None
         assert run.last_seq == 3
+
+
+def test_a_run_locked_with_its_steps_is_read_without_its_input(store):
+    """The run's columns come once per step's row: its input, of any size, is not one."""
+    run_id = new_run(store, status="running", input="a long document. " * 2000)
+    with store.transaction() as tx:
+        add_steps(tx.db, run_id, [(1, None), (2, None), (3, None)])
+    sent: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        sent.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", note)
+    try:
+        with store.transaction() as tx:
+            run, steps = locked_run_steps(tx.db, run_id, 3)
+            assert (run.status, [s.number for s in steps]) == ("running", [1, 2, 3])
+            with pytest.raises(InvalidRequestError, match=r"Run\.input"):
+                _ = run.input  # a step that reads it raises: no silent read per step
+    finally:
+        event.remove(store.engine, "before_cursor_execute", note)
+    (read,) = [s for s in sent if "JOIN stepwise_steps" in s]
+    assert "stepwise_runs.input" not in read
