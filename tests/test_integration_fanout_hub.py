@@ -394,3 +394,17 @@ def test_messages_published_together_reach_each_run_s_followers_in_order() -> No
             assert _read_all(two, 1) == [{"seq": 1}]
     finally:
         fanout.close()
+
+
+def test_an_async_inbox_hands_out_what_is_queued_even_with_no_time_to_wait():
+    """A follower that is behind takes its queued messages at once, with no timer per
+    message; with nothing queued a zero timeout is an empty poll."""
+
+    async def read() -> list[Event | None]:
+        inbox = AsyncSubscription(limit=4)
+        for seq in range(6):  # two more than it keeps
+            inbox.deliver({"seq": seq})
+        await asyncio.sleep(0)  # the deliveries are callbacks of this loop
+        return [await inbox.get(timeout=0) for _ in range(6)]
+
+    assert asyncio.run(read()) == [LOST, *({"seq": s} for s in range(4)), None]
