@@ -408,3 +408,29 @@ def test_an_async_inbox_hands_out_what_is_queued_even_with_no_time_to_wait():
         return [await inbox.get(timeout=0) for _ in range(6)]
 
     assert asyncio.run(read()) == [LOST, *({"seq": s} for s in range(4)), None]
+
+
+def test_followers_on_two_event_loops_and_a_thread_each_get_every_message_in_order():
+    fanout = RedisFanout(REDIS_URL)
+    run_id = str(uuid.uuid4())
+    ready = threading.Barrier(6)  # five asyncio followers and the publisher
+
+    async def follower() -> list[Event | None]:
+        async with fanout.asubscribe(run_id) as inbox:
+            await asyncio.to_thread(ready.wait, WAIT)
+            return [await inbox.get(timeout=WAIT) for _ in range(MESSAGES)]
+
+    with event_loop_thread() as one, event_loop_thread() as two:
+        readers = [asyncio.run_coroutine_threadsafe(follower(), loop) for loop in (one,) * 3]
+        readers += [asyncio.run_coroutine_threadsafe(follower(), loop) for loop in (two,) * 2]
+        try:
+            with fanout.subscribe(run_id) as in_a_thread:
+                ready.wait(WAIT)
+                for seq in range(MESSAGES):
+                    fanout.publish(run_id, {"seq": seq})
+                got = [_read_all(in_a_thread, MESSAGES)]
+                got += [reader.result(WAIT) for reader in readers]
+        finally:
+            fanout.close()
+
+    assert got == [[{"seq": s} for s in range(MESSAGES)]] * 6
