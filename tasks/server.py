@@ -264,7 +264,7 @@ class _EventStream(EventSourceResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
-        except SendTimeoutError:
+        except* SendTimeoutError:  # alone, or in a group with what the other tasks raised
             transport = scope.get("stepwise.transport")
             if transport is not None:
                 transport.abort()
