@@ -109,10 +109,8 @@ class AsyncSubscription(_Inbox):
         """The next message, `LOST`, or None when `timeout` seconds pass without one."""
         if self._take_lost():
             return LOST
-        try:  # a follower that is behind takes what is queued without a timer or a task
+        if not self._queue.empty():  # a follower that is behind: no timer, no task
             return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            pass
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
