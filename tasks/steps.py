@@ -48,7 +48,6 @@ from tasks.records import (
     add_steps,
     append,
     claim,
-    conversation,
     count_model_calls,
     end_step,
     find_step,
@@ -173,9 +172,8 @@ def _begin(
             end_step(tx, step, "failed", error=str(error))
             finish(tx, run, "failed", reason=f"{error} (on this worker)")
             return f"{error} (on this worker)"
-        history = thread_history(tx.db, run.thread_id)
-        messages = conversation(history)
-        results = tool_results(steps, number, history)
+        messages = thread_history(tx.db, run.thread_id)
+        results = tool_results(steps, number, messages)
         if results is not None:
             append(tx.db, run, results)
             messages = (*messages, results)

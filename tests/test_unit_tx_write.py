@@ -187,6 +187,20 @@ def test_rows_inserted_later_are_read_back_in_their_transaction(store):
         assert [m.role for m in thread_history(tx.db, run_id)] == ["user"]
 
 
+def test_a_threads_history_is_read_as_messages_without_loading_its_rows_as_objects(store):
+    run_id = new_run(store, status="running")
+    said = (Message.text("user", "two keys?"), Message.text("assistant", "one moment"))
+    with store.transaction() as tx:
+        run = lock_run(tx.db, run_id)
+        assert run is not None
+        for message in said:
+            append(tx.db, run, message)
+    with store.transaction() as tx:
+        assert thread_history(tx.db, run_id) == said
+        loaded = [o for o in tx.db.identity_map.values() if isinstance(o, ThreadMessage)]
+        assert loaded == []
+
+
 def test_messages_appended_in_one_transaction_take_positions_in_turn(store):
     run_id = new_run(store, status="running")
     with store.transaction() as tx:
