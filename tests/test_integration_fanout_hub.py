@@ -7,6 +7,7 @@ real Redis: the machine's, or a private one where a test counts connections or r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -408,6 +409,49 @@ def test_an_async_inbox_hands_out_what_is_queued_even_with_no_time_to_wait():
         return [await inbox.get(timeout=0) for _ in range(6)]
 
     assert asyncio.run(read()) == [LOST, *({"seq": s} for s in range(4)), None]
+
+
+def test_an_async_follower_that_waits_has_each_message_one_loop_turn_after_it_arrives():
+    """A waiting follower is woken by the message itself, with no task in between."""
+
+    async def turns_to_hand_over() -> list[int]:
+        inbox = AsyncSubscription()
+        taken: list[Event | None] = []
+
+        async def reader() -> None:
+            while len(taken) < 5:
+                taken.append(await inbox.get(timeout=WAIT))
+
+        task = asyncio.create_task(reader())
+        turns = []
+        for seq in range(5):
+            await asyncio.sleep(0)  # the reader is waiting again
+            inbox._put({"seq": seq})  # as the hub's wake-up does, on this loop
+            count = 0
+            while len(taken) <= seq:
+                await asyncio.sleep(0)
+                count += 1
+            turns.append(count)
+        await task
+        assert taken == [{"seq": s} for s in range(5)]
+        return turns
+
+    assert asyncio.run(turns_to_hand_over()) == [1] * 5
+
+
+def test_an_async_inbox_whose_wait_was_cancelled_or_timed_out_still_hands_out_later_messages():
+    async def read() -> list[Event | None]:
+        inbox = AsyncSubscription()
+        waiting = asyncio.create_task(inbox.get(timeout=WAIT))
+        await asyncio.sleep(0)
+        waiting.cancel()  # a follower that hung up mid-wait
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        timed_out = await inbox.get(timeout=0.01)
+        inbox._put({"seq": 1})
+        return [timed_out, await inbox.get(timeout=WAIT)]
+
+    assert asyncio.run(read()) == [None, {"seq": 1}]
 
 
 def test_followers_on_two_event_loops_and_a_thread_each_get_every_message_in_order():
