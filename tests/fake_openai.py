@@ -54,7 +54,9 @@ class Stream:
     """A streamed reply: the deltas of choice 0, its finish reason, and the usage.
 
     `error` is sent as an error event after the deltas (the stream then stops);
-    `cut` closes the connection after the deltas, mid-body, with no finish.
+    `cut` closes the connection after the deltas, mid-body, with no finish;
+    `pace` is the wait in seconds between two of the stream's events, as a model's
+    tokens come apart in time.
     """
 
     deltas: tuple[dict[str, Any], ...]
@@ -64,6 +66,7 @@ class Stream:
     error: dict[str, Any] | None = None
     cut: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    pace: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -345,7 +348,9 @@ def _handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
             with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            for event in events(reply, with_usage):
+            for n, event in enumerate(events(reply, with_usage)):
+                if reply.pace and n:
+                    time.sleep(reply.pace)
                 self._chunk(f"data: {event}\n\n".encode())
             if reply.cut:
                 self.close_connection = True
