@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
@@ -123,7 +124,7 @@ def cluster(
     try:
         for n in range(workers):
             argv = [celery, "-A", "tasks", "worker", *common, "-n", f"bench{n}@%h"]
-            argv += ["-Q", "celery,stepwise.model,stepwise.tools", "-I", "bench.bare"]
+            argv += ["-Q", "celery,stepwise.model,stepwise.tools", "-I", "bench.bare,bench.taskcpu"]
             found.workers.append(_spawn(argv, env, logs / f"worker{n}.log"))
         argv = [celery, "-A", "bench.baseline", "worker", *common, "-n", "baseline@%h"]
         found.others.append(_spawn([*argv, "-Q", "bench.baseline"], env, logs / "baseline.log"))
@@ -157,6 +158,19 @@ def _wait_for_workers(env: dict[str, str], count: int, timeout: float = 60.0) ->
         if len(replies) >= count:
             return
     raise SystemExit(f"{count} workers did not answer a ping within {timeout:g} s")
+
+
+def task_cpu(env: dict[str, str], workers: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Every Stepwise worker's `bench.taskcpu` snapshot (the `bench_taskcpu` command)."""
+    app = client_app(env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        replies = app.control.broadcast("bench_taskcpu", reply=True, timeout=1.0) or []
+        # The baseline worker answers too, with an error: it has no such command.
+        found = [r for reply in replies for r in reply.values() if "pid" in r]
+        if len(found) >= workers:
+            return found
+    raise SystemExit(f"{workers} workers did not report their CPU within {timeout:g} s")
 
 
 class Sampler(threading.Thread):

@@ -64,12 +64,14 @@ def table(figures: dict[str, Any]) -> str:
             f"| {n} runs: the workers' CPU per step | {level['worker_cpu_ms_per_step']} ms "
             f"| {_ratio(level['worker_cpu_ms_per_step'], hop_cpu)} of a hop's CPU | |"
         )
+        rows += _cpu_where(f"{n} runs", level.get("worker_cpu_where"))
         if floor:
             rows.append(
                 f"| {n} bare runs: the workers' CPU per step | "
                 f"{floor['worker_cpu_ms_per_step']} ms "
                 f"| {_ratio(floor['worker_cpu_ms_per_step'], hop_cpu)} of a hop's CPU | |"
             )
+            rows += _cpu_where(f"{n} bare runs", floor.get("worker_cpu_where"), bodies=False)
         latency = level["run_latency_ms"]
         rows.append(
             f"| {n} runs: run latency p50 / p99 | {latency['p50'] / 1000:.2f} / "
@@ -94,6 +96,23 @@ def table(figures: dict[str, Any]) -> str:
     if "fanout" in figures:
         rows += _fanout(figures["fanout"])
     return "\n".join(rows)
+
+
+def _cpu_where(what: str, where: dict[str, Any] | None, bodies: bool = True) -> list[str]:
+    """The rows of where the workers' CPU went (`bench.taskcpu`), if it was measured."""
+    if not where:
+        return []
+    step = where["per_step_ms"]
+    rows = [
+        f"| {what}: that CPU per step in Celery's consumer thread / task bodies / the rest "
+        f"| {step['consumer']} / {step['bodies']} / {step['rest']} ms | | |"
+    ]
+    tasks = {name.rpartition(".")[2]: found for name, found in where["per_task"].items()}
+    if bodies and tasks:
+        names = " / ".join(tasks)
+        figures = " / ".join(str(found["cpu_ms"]) for found in tasks.values())
+        rows.append(f"| {what}: CPU per task body: {names} | {figures} ms | | |")
+    return rows
 
 
 KEPT_UP = 0.98

@@ -51,7 +51,7 @@ from sqlalchemy import make_url
 from bench import follow
 from bench.bare import TASK as BARE_TASK
 from bench.bare import shape as bare_shape
-from bench.cluster import Cluster, Sampler, client_app, cluster, profiling
+from bench.cluster import Cluster, Sampler, client_app, cluster, profiling, task_cpu
 from bench.common import (
     LOCAL_DATABASE,
     LOCAL_REDIS,
@@ -61,6 +61,7 @@ from bench.common import (
     scratch_database,
 )
 from bench.report import DOC, PLOT, plot, record, table
+from bench.taskcpu import difference
 from storage.db import normalise_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,7 +233,7 @@ def bare(cfg: Config, found: Cluster, count: int, database: str) -> dict[str, An
     ended = f"{found.env['STEPWISE_REDIS_KEY_PREFIX']}bare-ended:{uuid.uuid4().hex}"
     app = client_app(found.env)
     clock = CpuClock({"workers": found.worker_pids}, database)
-    before = clock.read()
+    before, where_before = clock.read(), task_cpu(found.env, len(found.worker_pids))
     began = time.time()
     with app.producer_or_acquire() as producer:
         for _ in range(count):
@@ -256,7 +257,29 @@ def bare(cfg: Config, found: Cluster, count: int, database: str) -> dict[str, An
     return {
         "wall_s": round(last - began, 2),
         "worker_cpu_ms_per_step": round(worker_cpu / steps * 1000, 2),
+        "worker_cpu_where": _cpu_where(found, where_before, steps),
     }
+
+
+def _cpu_where(found: Cluster, before: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    """Where the workers' CPU went since `before` (`bench.taskcpu`): per step, in Celery's
+    consumer threads, in task bodies and the rest; per task, by name, its body's CPU and
+    context switches."""
+    spent = difference(before, task_cpu(found.env, len(found.worker_pids)))
+    per_task = {
+        name: {
+            "tasks": int(sums["tasks"]),
+            "cpu_ms": round((sums["user_s"] + sums["system_s"]) / sums["tasks"] * 1000, 2),
+            "system_ms": round(sums["system_s"] / sums["tasks"] * 1000, 2),
+            "voluntary_switches": round(sums["voluntary_switches"] / sums["tasks"], 1),
+            "involuntary_switches": round(sums["involuntary_switches"] / sums["tasks"], 1),
+        }
+        for name, sums in sorted(spent["by_task"].items())
+    }
+    per_step = {
+        part: round(spent[f"{part}_s"] / steps * 1000, 2) for part in ("consumer", "bodies", "rest")
+    }
+    return {"per_step_ms": per_step, "per_task": per_task}
 
 
 def concurrency(
@@ -270,7 +293,7 @@ def concurrency(
     clock = CpuClock({"workers": found.worker_pids, "model": [found.others[0].pid]}, database)
     sampler = Sampler(found.worker_pids, found.model_url)
     sampler.start()
-    before = clock.read()
+    before, where_before = clock.read(), task_cpu(found.env, len(found.worker_pids))
     with profiling(found.worker_pids if cfg.profile else [], f"{count}-runs"):
         run_ids, began, ended = _send_and_wait(found, "bench", count, cfg.timeout)
     after = clock.read()
@@ -282,6 +305,7 @@ def concurrency(
     failed = [r for r in runs if r["status"] != "succeeded"]
     wall = ended - began
     steps = sum(int(r["steps"]) for r in runs)
+    where = _cpu_where(found, where_before, steps)
     return {
         "runs": count,
         "succeeded": count - len(failed),
@@ -291,6 +315,7 @@ def concurrency(
         "steps_per_s": round(steps / wall, 1),
         "run_latency_ms": percentiles([float(r["finished"]) - began for r in runs]),
         "worker_cpu_ms_per_step": round(worker_cpu / steps * 1000, 2),
+        "worker_cpu_where": where,
         "peak_worker_rss_mb": round(sampler.peak_rss_mb, 1),
         "peak_model_calls_in_flight": sampler.peak_in_flight,
         "cores_used": used,

@@ -12,6 +12,7 @@ import pytest
 
 from bench import bare
 from bench.report import plot, record, table
+from bench.taskcpu import difference
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +27,14 @@ def _figures() -> dict[str, Any]:
         "run_latency_ms": {"p50": 8000.0, "p90": 11000.0, "p99": 12000.0},
         "peak_worker_rss_mb": 180.0,
         "worker_cpu_ms_per_step": 9.0,
+        "worker_cpu_where": {
+            "per_step_ms": {"consumer": 1.5, "bodies": 7.0, "rest": 0.5},
+            "per_task": {
+                "stepwise.model_step": {"tasks": 3000, "cpu_ms": 8.0},
+                "stepwise.start_run": {"tasks": 1000, "cpu_ms": 5.0},
+                "stepwise.tool_step": {"tasks": 2000, "cpu_ms": 4.5},
+            },
+        },
         "bare": {"wall_s": 5.0, "worker_cpu_ms_per_step": 3.0},
     }
     return {
@@ -90,6 +99,40 @@ def test_the_table_gives_each_figure_as_a_ratio_to_the_baseline_and_checks_its_t
     assert "| 10 runs at once: wall (ideal 3.0 s) | 3.2 s | 0.64x the bare runs' |  |" in text
     assert "| 1000 runs: the workers' CPU per step | 9.0 ms | 4.50x of a hop's CPU | |" in text
     assert "| 1000 bare runs: the workers' CPU per step | 3.0 ms | 1.50x of a hop's CPU | |" in text
+
+
+def test_the_table_says_where_the_workers_cpu_went_when_it_was_measured() -> None:
+    text = table(_figures())
+
+    assert (
+        "| 1000 runs: that CPU per step in Celery's consumer thread / task bodies / the rest "
+        "| 1.5 / 7.0 / 0.5 ms | | |"
+    ) in text
+    assert (
+        "| 1000 runs: CPU per task body: model_step / start_run / tool_step "
+        "| 8.0 / 5.0 / 4.5 ms | | |"
+    ) in text
+    assert "1000 bare runs: that CPU" not in text  # this level's bare runs were not split
+
+
+def test_what_the_workers_spent_is_the_difference_of_two_rounds_of_snapshots() -> None:
+    def snapshot(pid: int, process: float, consumer: float, tasks: int, user: float) -> Any:
+        body = {"tasks": tasks, "user_s": user, "system_s": 0.5 * user}
+        switches = {"voluntary_switches": 10 * tasks, "involuntary_switches": tasks}
+        found = {"stepwise.model_step": {**body, **switches}} if tasks else {}
+        return {"pid": pid, "process_s": process, "consumer_s": consumer, "tasks": found}
+
+    before = [snapshot(1, 10.0, 2.0, 0, 0.0), snapshot(2, 20.0, 4.0, 5, 1.0)]
+    late = snapshot(3, 9.0, 9.0, 9, 9.0)  # a worker that started after the first round
+    after = [snapshot(1, 14.0, 3.0, 4, 2.0), snapshot(2, 23.0, 4.5, 7, 2.0), late]
+
+    spent = difference(before, after)
+
+    assert spent["process_s"] == 7.0 and spent["consumer_s"] == 1.5  # not the late worker's
+    # Bodies: worker 1, 2.0 s of user and 1.0 of system; worker 2, 1.0 and 0.5.
+    assert spent["bodies_s"] == 4.5 and spent["rest_s"] == 1.0
+    model = spent["by_task"]["stepwise.model_step"]
+    assert model["tasks"] == 6 and model["voluntary_switches"] == 60
 
 
 def test_the_table_carries_the_fan_out_figures_and_its_verdicts() -> None:
@@ -210,6 +253,16 @@ def test_every_scenario_runs_on_real_workers_and_every_run_succeeds(
     assert level["wall_s"] >= 0.3  # three model calls of 0.1 s each, one after another
     # As many bare runs, on the same workers: the same three model waits, one after another.
     assert level["bare"]["wall_s"] >= 0.3 and level["bare"]["worker_cpu_ms_per_step"] > 0
+    # Every task body was counted where it ran: 4 runs of a start, 3 model and 2 tool steps.
+    tasks = level["worker_cpu_where"]["per_task"]
+    assert {name: found["tasks"] for name, found in tasks.items()} == {
+        "stepwise.start_run": 4,
+        "stepwise.model_step": 12,
+        "stepwise.tool_step": 8,
+    }
+    assert all(found["cpu_ms"] > 0 for found in tasks.values())
+    assert level["bare"]["worker_cpu_where"]["per_task"]["bench.bare_step"]["tasks"] == 24
+    assert level["worker_cpu_where"]["per_step_ms"]["consumer"] > 0
     memory = figures["memory"]
     assert memory["succeeded"] == 5
     assert memory["peak_model_calls_in_flight"] >= 1 and memory["peak_worker_rss_mb"] > 0
