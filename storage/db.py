@@ -28,14 +28,34 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout and foreign keys."""
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 20,
+    pool_timeout: float = 30.0,
+    prepared_statements: bool = True,
+) -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout and foreign keys.
+
+    On Postgres: a pool of `pool_size` connections and `max_overflow` more while it is
+    busy; a checkout waits up to `pool_timeout` seconds for one. psycopg prepares a
+    statement on its fifth use on a connection; `prepared_statements=False` never does,
+    for PgBouncer's transaction pooling before 1.21, which cannot keep them.
+    """
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_engine(url, pool_size=10, max_overflow=20)
+    connect_args = {} if prepared_statements else {"prepare_threshold": None}
+    engine = create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        connect_args=connect_args,
+    )
     event.listen(engine, "checkout", _discard_if_closed)
     return engine
 

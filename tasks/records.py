@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import bindparam
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, col, select
 from tenacity import (
     Retrying,
@@ -30,7 +31,9 @@ from tasks.runs import finish, locked_run
 
 T = TypeVar("T")
 
-DATABASE_DOWN = (OperationalError, InterfaceError)
+# The database cannot be reached, or no pooled connection came free in time (a stalled
+# database holds them all): a step retries later, as for any outage.
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)
 # How long a step holding a result (a paid model call, a tool that ran) keeps trying
 # to record it while the database is unreachable, before the task itself retries.
 RECORD_PATIENCE = 120.0

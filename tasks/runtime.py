@@ -60,7 +60,13 @@ def _build(settings: Settings) -> Runtime:
         prices = Prices.load(settings.prices_file)
     except ValueError as error:
         raise ConfigError(f"STEPWISE_PRICES: {error}") from None
-    engine = make_engine(settings.database_url)
+    engine = make_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout,
+        prepared_statements=settings.database_prepared_statements,
+    )
     if engine.dialect.name == "sqlite":
         upgrade(engine)
     else:

@@ -14,6 +14,11 @@ class Settings:
     """Where state lives and how work is executed; see DESIGN.md's environment table."""
 
     database_url: str = "sqlite:///stepwise.db"
+    # Each process's Postgres pool (docs/configuration.md, "Databases").
+    database_pool_size: int = 10
+    database_max_overflow: int = 20
+    database_pool_timeout: float = 30.0
+    database_prepared_statements: bool = True
     redis_url: str | None = None
     broker_url: str | None = None
     agents_modules: tuple[str, ...] = ()
@@ -43,6 +48,16 @@ class Settings:
         modules = env.get("STEPWISE_AGENTS", "")
         return cls(
             database_url=env.get("STEPWISE_DATABASE_URL") or cls.database_url,
+            database_pool_size=_count(env, "STEPWISE_DATABASE_POOL_SIZE", cls.database_pool_size),
+            database_max_overflow=_count(
+                env, "STEPWISE_DATABASE_MAX_OVERFLOW", cls.database_max_overflow
+            ),
+            database_pool_timeout=_seconds(
+                env, "STEPWISE_DATABASE_POOL_TIMEOUT", cls.database_pool_timeout
+            ),
+            database_prepared_statements=_switch(
+                env, "STEPWISE_DATABASE_PREPARED_STATEMENTS", cls.database_prepared_statements
+            ),
             redis_url=env.get("STEPWISE_REDIS_URL") or None,
             broker_url=env.get("CELERY_BROKER_URL") or None,
             agents_modules=tuple(m.strip() for m in modules.split(",") if m.strip()),
@@ -87,6 +102,42 @@ def _tokens(text: str) -> tuple[tuple[str, str], ...]:
             )
         pairs.append((token.strip(), owner.strip()))
     return tuple(pairs)
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number of at least 0; `ConfigError` names the variable otherwise."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit():
+        raise ConfigError(f"{name}={text!r}: give a whole number, 0 or more")
+    return int(text)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A number of seconds above 0; `ConfigError` names the variable otherwise."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name}={text!r}: give a number of seconds above 0")
+    return value
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """`on` or `off` (also true/false, yes/no, 1/0); `ConfigError` names the variable otherwise."""
+    text = env.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise ConfigError(f"{name}={text!r}: write on or off")
 
 
 def _port(text: str) -> int | None:

@@ -1,16 +1,23 @@
-"""The connection pool: a connection the server closed is replaced at checkout."""
+"""The connection pool: a connection the server closed is replaced at checkout; its size,
+timeout and prepared statements are settings; a pool that stays full is an outage."""
 
 from __future__ import annotations
 
+import threading
 import time
+from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from storage import make_engine
 from storage.db import normalise_url
+from tasks.records import DATABASE_DOWN, recorded
+from tasks.runtime import runtime_for
+from tasks.settings import Settings
 from tests.conftest import PG_ADMIN
 
 pytestmark = pytest.mark.services
@@ -52,3 +59,71 @@ def test_without_the_checkout_check_the_same_connection_fails_its_next_statement
     with pytest.raises(OperationalError), engine.connect() as connection:
         connection.execute(text("SELECT 1"))
     engine.dispose()
+
+
+def _prepared_on(connection: Any) -> int:
+    """How many statements this connection's backend holds prepared."""
+    return int(connection.execute(text("SELECT count(*) FROM pg_prepared_statements")).scalar_one())
+
+
+@pytest.mark.parametrize(("prepared", "expected"), [(True, 1), (False, 0)])
+def test_prepared_statements_can_be_turned_off_for_pgbouncer(
+    database_url: str, prepared: bool, expected: int
+) -> None:
+    engine = make_engine(database_url, pool_size=1, prepared_statements=prepared)
+
+    with engine.connect() as connection:
+        for _ in range(6):  # psycopg prepares a statement on its fifth use
+            connection.execute(text("SELECT 1 + 1")).scalar_one()
+        assert _prepared_on(connection) == expected
+    engine.dispose()
+
+
+def test_a_pool_holds_its_size_and_overflow_and_a_checkout_beyond_them_times_out(
+    database_url: str,
+) -> None:
+    engine = make_engine(database_url, pool_size=1, max_overflow=1, pool_timeout=0.2)
+
+    with engine.connect(), engine.connect():
+        began = time.monotonic()
+        with pytest.raises(PoolTimeout), engine.connect():
+            pass
+        waited = time.monotonic() - began
+    assert 0.2 <= waited < 5
+    engine.dispose()
+
+
+def test_a_pool_that_stays_full_counts_as_the_database_being_down_so_a_step_retries(
+    database_url: str,
+) -> None:
+    engine = make_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=0.1)
+    held = engine.connect()  # a stalled transaction elsewhere holds the only connection
+    threading.Timer(0.5, held.close).start()
+
+    def write() -> int:
+        with engine.connect() as connection:
+            return int(connection.execute(text("SELECT 7")).scalar_one())
+
+    # `recorded` retries a result's write in place while the database is down: it waits
+    # for the connection to come free instead of failing the step.
+    assert recorded(write, patience=10) == 7
+    # And what the task shells retry on, with backoff.
+    with engine.connect(), pytest.raises(DATABASE_DOWN), engine.connect():
+        pass
+    engine.dispose()
+
+
+def test_a_runtime_builds_its_pool_from_the_settings(database_url: str) -> None:
+    settings = Settings(
+        database_url=database_url,
+        database_pool_size=3,
+        database_max_overflow=0,
+        database_prepared_statements=False,
+    )
+    engine = runtime_for(settings).store.engine
+
+    assert engine.pool.size() == 3  # type: ignore[attr-defined]
+    with engine.connect() as connection:
+        for _ in range(6):
+            connection.execute(text("SELECT 1 + 1")).scalar_one()
+        assert _prepared_on(connection) == 0
