@@ -1,5 +1,6 @@
 """The connection pool: a connection the server closed is replaced at checkout; its size,
-timeout and prepared statements are settings; a pool that stays full is an outage."""
+timeout and prepared statements are settings; a pool that stays full is an outage; its
+cursors describe a result only when the description is read."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, literal, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from storage import make_engine
-from storage.db import normalise_url
+from storage.db import DescribingCursor, normalise_url
 from tasks.records import DATABASE_DOWN, recorded
 from tasks.runtime import runtime_for
 from tasks.settings import Settings
@@ -127,3 +128,66 @@ def test_a_runtime_builds_its_pool_from_the_settings(database_url: str) -> None:
         for _ in range(6):
             connection.execute(text("SELECT 1 + 1")).scalar_one()
         assert _prepared_on(connection) == 0
+
+
+def _described(cursor: Any) -> list[tuple[str, int]]:
+    return [(column.name, column.type_code) for column in cursor.description]
+
+
+def test_a_cursor_describes_its_result_as_psycopg_does(database_url: str) -> None:
+    statement = "SELECT 1 AS one, 'two'::text AS two, now() AS three"
+    plain = psycopg.connect(normalise_url(database_url).replace("+psycopg", ""))
+    engine = make_engine(database_url, pool_size=1)
+    with engine.connect() as connection, plain:
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        expected = plain.execute(statement)
+
+        cursor.execute(statement)
+
+        assert isinstance(cursor, DescribingCursor)
+        assert _described(cursor) == _described(expected)
+        assert len(cursor.description) == 3
+        assert cursor.description[-1].name == "three"
+        assert [c.name for c in cursor.description[1:]] == ["two", "three"]
+        cursor.execute("SELECT")  # rows of no columns: described, as empty
+        assert cursor.description is not None and list(cursor.description) == []
+        cursor.execute("CREATE TEMPORARY TABLE t (x int)")  # no rows: no description
+        assert cursor.description is None
+    engine.dispose()
+
+
+def test_a_description_read_after_its_cursor_moved_on_is_refused(database_url: str) -> None:
+    engine = make_engine(database_url, pool_size=1)
+    with engine.connect() as connection:
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("SELECT 1 AS one")
+        first = cursor.description
+        cursor.execute("SELECT 2 AS other")
+
+        with pytest.raises(RuntimeError, match="moved to another result"):
+            first[0]
+    engine.dispose()
+
+
+def test_a_statement_run_before_makes_no_columns_for_its_description(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[int] = []
+
+    class Counted(psycopg.Column):
+        def __init__(self, cursor: Any, index: int) -> None:
+            made.append(index)
+            super().__init__(cursor, index)
+
+    monkeypatch.setattr(psycopg, "Column", Counted)
+    engine = make_engine(database_url, pool_size=1)
+    statement = select(literal(1).label("one"), literal(2).label("two"))
+    with engine.connect() as connection:  # its first use: SQLAlchemy's own queries
+        made.clear()
+        assert connection.execute(statement).all() == [(1, 2)]
+        assert made == [0, 1]  # read once, and their shape cached with the statement
+        made.clear()
+        assert connection.execute(statement).all() == [(1, 2)]
+        assert connection.execute(statement).mappings().one() == {"one": 1, "two": 2}
+    assert made == []
+    engine.dispose()
