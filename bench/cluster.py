@@ -35,12 +35,20 @@ class Cluster:
     model_url: str
     latency: float
     streaming: float = 0.0  # seconds the final answer takes to stream, after the latency
+    pool: str = "threads"  # the Stepwise workers' -P
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     others: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self.workers]
+
+    @property
+    def threaded(self) -> bool:
+        """Whether a task body has an OS thread to itself while it runs (`bench.taskcpu`):
+        not a greenlet's, which others share, nor a prefork child's, which the parent
+        answering for the worker does not see."""
+        return self.pool in ("threads", "solo")
 
 
 def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -119,7 +127,7 @@ def cluster(
     common += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     words = answer_words or len(Behaviour.answer.split())
     streaming = words / pace if pace else 0.0
-    found = Cluster(env, model_url, latency, streaming, others=[model])
+    found = Cluster(env, model_url, latency, streaming, pool, others=[model])
     celery = str(Path(sys.executable).with_name("celery"))
     try:
         for n in range(workers):

@@ -233,7 +233,7 @@ def bare(cfg: Config, found: Cluster, count: int, database: str) -> dict[str, An
     ended = f"{found.env['STEPWISE_REDIS_KEY_PREFIX']}bare-ended:{uuid.uuid4().hex}"
     app = client_app(found.env)
     clock = CpuClock({"workers": found.worker_pids}, database)
-    before, where_before = clock.read(), task_cpu(found.env, len(found.worker_pids))
+    before, where_before = clock.read(), _cpu_snapshots(found)
     began = time.time()
     with app.producer_or_acquire() as producer:
         for _ in range(count):
@@ -261,10 +261,19 @@ def bare(cfg: Config, found: Cluster, count: int, database: str) -> dict[str, An
     }
 
 
-def _cpu_where(found: Cluster, before: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+def _cpu_snapshots(found: Cluster) -> list[dict[str, Any]] | None:
+    """Every worker's `bench.taskcpu` snapshot, on a pool where it means something."""
+    return task_cpu(found.env, len(found.worker_pids)) if found.threaded else None
+
+
+def _cpu_where(
+    found: Cluster, before: list[dict[str, Any]] | None, steps: int
+) -> dict[str, Any] | None:
     """Where the workers' CPU went since `before` (`bench.taskcpu`): per step, in Celery's
     consumer threads, in task bodies and the rest; per task, by name, its body's CPU and
-    context switches."""
+    context switches. None where it was not measured."""
+    if before is None:
+        return None
     spent = difference(before, task_cpu(found.env, len(found.worker_pids)))
     per_task = {
         name: {
@@ -293,7 +302,7 @@ def concurrency(
     clock = CpuClock({"workers": found.worker_pids, "model": [found.others[0].pid]}, database)
     sampler = Sampler(found.worker_pids, found.model_url)
     sampler.start()
-    before, where_before = clock.read(), task_cpu(found.env, len(found.worker_pids))
+    before, where_before = clock.read(), _cpu_snapshots(found)
     with profiling(found.worker_pids if cfg.profile else [], f"{count}-runs"):
         run_ids, began, ended = _send_and_wait(found, "bench", count, cfg.timeout)
     after = clock.read()
