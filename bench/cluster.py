@@ -173,8 +173,9 @@ def task_cpu(env: dict[str, str], workers: int, timeout: float = 5.0) -> list[di
     app = client_app(env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        replies = app.control.broadcast("bench_taskcpu", reply=True, timeout=1.0) or []
         # The baseline worker answers too, with an error: it has no such command.
+        asked = {"reply": True, "timeout": 1.0, "limit": workers + 1}
+        replies = app.control.broadcast("bench_taskcpu", **asked) or []
         found = [r for reply in replies for r in reply.values() if "pid" in r]
         if len(found) >= workers:
             return found

@@ -130,12 +130,12 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
 
 def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
     """`on` or `off` (also true/false, yes/no, 1/0); `ConfigError` names the variable otherwise."""
-    text = env.get(name, "").strip().lower()
+    text = env.get(name, "").strip()
     if not text:
         return default
-    if text in ("on", "true", "yes", "1"):
+    if text.lower() in ("on", "true", "yes", "1"):
         return True
-    if text in ("off", "false", "no", "0"):
+    if text.lower() in ("off", "false", "no", "0"):
         return False
     raise ConfigError(f"{name}={text!r}: write on or off")
 

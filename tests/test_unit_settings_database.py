@@ -41,7 +41,7 @@ def test_the_pool_settings_are_read_from_the_environment() -> None:
         ("STEPWISE_DATABASE_POOL_TIMEOUT", "0", "give a number of seconds above 0"),
         ("STEPWISE_DATABASE_POOL_TIMEOUT", "soon", "give a number of seconds above 0"),
         ("STEPWISE_DATABASE_POOL_TIMEOUT", "inf", "give a number of seconds above 0"),
-        ("STEPWISE_DATABASE_PREPARED_STATEMENTS", "maybe", "write on or off"),
+        ("STEPWISE_DATABASE_PREPARED_STATEMENTS", "Maybe", "write on or off"),
     ],
 )
 def test_a_pool_setting_that_makes_no_sense_is_a_configuration_error_naming_it(
