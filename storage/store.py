@@ -232,17 +232,24 @@ def insert_new(db: Session, row: Any) -> bool:
     apart without aborting the transaction.
     """
     mapper = inspect(row).mapper
-    table = mapper.local_table
     values = {a.columns[0].name: getattr(row, a.key) for a in mapper.column_attrs}
     values = {name: value for name, value in values.items() if value is not None}
-    dialect = postgresql if db.get_bind().dialect.name == "postgresql" else sqlite
-    (key,) = table.primary_key.columns
-    statement = dialect.insert(table).values(values).on_conflict_do_nothing().returning(key)
-    if db.execute(statement).first() is None:
+    statement = _insert_new(mapper.local_table, tuple(values), db.get_bind().dialect.name)
+    if db.execute(statement, {f"new_{name}": v for name, v in values.items()}).first() is None:
         return False
     make_transient_to_detached(row)
     db.add(row)
     return True
+
+
+@lru_cache(maxsize=64)
+def _insert_new(table: Table, columns: tuple[str, ...], dialect: str) -> Any:
+    """`insert_new`'s statement for these columns, built once: a statement made anew
+    for each row's values cost SQLAlchemy a cache key of them on every call."""
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert
+    (key,) = table.primary_key.columns
+    values = _binds(table, columns, "new_")
+    return insert(table).values(values).on_conflict_do_nothing().returning(key)
 
 
 def lock_run(db: Session, run_id: str) -> Run | None:
