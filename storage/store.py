@@ -246,10 +246,10 @@ def insert_new(db: Session, row: Any) -> bool:
 def _insert_new(table: Table, columns: tuple[str, ...], dialect: str) -> Any:
     """`insert_new`'s statement for these columns, built once: a statement made anew
     for each row's values cost SQLAlchemy a cache key of them on every call."""
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert
+    upsert_dialect = postgresql if dialect == "postgresql" else sqlite
     (key,) = table.primary_key.columns
     values = _binds(table, columns, "new_")
-    return insert(table).values(values).on_conflict_do_nothing().returning(key)
+    return upsert_dialect.insert(table).values(values).on_conflict_do_nothing().returning(key)
 
 
 def lock_run(db: Session, run_id: str) -> Run | None:
