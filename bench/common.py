@@ -70,10 +70,10 @@ class CpuClock:
             if role not in ("machine", "at")
         }
         if "machine" in after:
-            ours = sum(cores.values())
             busy, total = (a - b for a, b in zip(after["machine"], before["machine"], strict=True))
-            cores["machine"] = busy / total * (os.cpu_count() or 1)
-            cores["other"] = cores["machine"] - ours
+            if total:  # none when the readings fell within one clock tick (a short phase)
+                cores["machine"] = busy / total * (os.cpu_count() or 1)
+                cores["other"] = cores["machine"] - sum(cores.values())
         return {k: round(v, 2) for k, v in cores.items()}
 
     def _postgres(self) -> list[int]:

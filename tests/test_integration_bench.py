@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from bench import bare
+from bench.common import CpuClock
 from bench.report import plot, record, table
 from bench.taskcpu import difference
 
@@ -158,6 +160,16 @@ def test_a_level_measured_without_its_bare_runs_has_no_ratio_to_them() -> None:
 
     assert "| 1000 runs at once: wall (ideal 3.0 s) | 12.5 s | | ≤ 10 s (missed) |" in text
     assert "bare runs" not in text
+
+
+def test_cores_used_in_a_phase_shorter_than_a_clock_tick_leave_the_machine_s_share_out() -> None:
+    clock = CpuClock({"workers": []}, "test")
+    before = {"workers": {7: 100}, "machine": (500, 1000), "at": 10.0}
+    after = {"workers": {7: 105}, "machine": (500, 1000), "at": 10.005}
+    assert set(clock.used(before, after)) == {"workers"}
+    later = {"workers": {7: 110}, "machine": (510, 1020), "at": 10.1}
+    used = clock.used(before, later)
+    assert used["machine"] == round(10 / 20 * (os.cpu_count() or 1), 2)
 
 
 def test_a_bare_run_is_the_tasks_of_a_run_in_order() -> None:
