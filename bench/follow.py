@@ -59,7 +59,7 @@ from storage.events import MODEL_DELTA, MODEL_STARTED, RUN_QUEUED, RUN_SUCCEEDED
 from storage.follow import FollowTimeout, afollow
 from storage.keys import run_channel
 from storage.models import utcnow
-from storage.store import lock_run
+from storage.rows import lock_run
 
 RESULTS = Path(__file__).resolve().parent / "results" / "follow.json"
 TOOL_STEP, MODEL_STEP = 1, 2
@@ -259,8 +259,7 @@ def _publish_deltas(
         with store.transaction() as tx:
             run = lock_run(tx.db, run_id)
             assert run is not None
-            run.status, run.finished_at = "succeeded", utcnow()
-            tx.db.add(run)
+            tx.write(run, status="succeeded", finished_at=utcnow())
             tx.emit(run_id, RUN_SUCCEEDED, {"status": "succeeded", "usage": {}, "cost_usd": None})
     return sent, ended
 

@@ -13,73 +13,23 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, Table, bindparam, func, insert, inspect, literal, update
 from sqlalchemy import event as orm_events
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import ORMExecuteState, defer, make_transient_to_detached
+from sqlalchemy.orm import ORMExecuteState, make_transient_to_detached
 from sqlalchemy.orm import Session as OrmSession
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlmodel import Session, col, select
 
 from storage.events import LIVE_ONLY, MODEL_COMPLETED, MODEL_RETRACTED, MODEL_STARTED
 from storage.fanout import Fanout
-from storage.models import Event, Run, Step, ThreadMessage, aware, utcnow
+from storage.models import Event, Run, ThreadMessage, aware, utcnow
+from storage.rows import STEPS, RunRow, StepRow, held
 
 log = logging.getLogger(__name__)
 
 MODEL_HISTORY = (MODEL_STARTED, MODEL_COMPLETED, MODEL_RETRACTED)
 EVENTS = Event.__table__  # type: ignore[attr-defined]
-RUNS = Run.__table__  # type: ignore[attr-defined]
-STEPS = Step.__table__  # type: ignore[attr-defined]
 EVENT_COLUMNS = ("run_id", "seq", "type", "step", "data", "created_at")
-# Session.info keys: the runs whose rows this transaction locked (or inserted), and
-# what it wrote that is not in the database yet (`_Unwritten`).
-_HELD = "stepwise.held_runs"
+# Session.info key: what a transaction wrote that is not in the database yet (`_Unwritten`).
 _UNWRITTEN = "stepwise.unwritten_rows"
-
-
-def hold(db: Session, run: Run) -> Run:
-    """Note that this transaction owns `run`'s row (locked, or inserted by it).
-
-    Events of a held run take their numbers from the row in memory, and the counter
-    is written with the run's other columns when the transaction ends (`Tx.write`).
-    """
-    db.info.setdefault(_HELD, {})[run.id] = run
-    return run
-
-
-# Built once: every step locks its run, and building the statement costs as much as a
-# third of running it.
-_LOCK_RUN = (
-    select(Run)
-    .where(col(Run.id) == bindparam("run_id"))
-    .with_for_update()
-    .execution_options(populate_existing=True)
-)
-# The run's columns a step never reads: one statement of a run and its steps carries the
-# run's columns on every step's row, and its input (any size) would be read once per step
-# for every model step. Reading one of them from the run it returns raises.
-STEP_UNREAD = (
-    "input",
-    "owner",
-    "idempotency_key",
-    "meta",
-    "result",
-    "error",
-    "resumes",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "progressed_at",
-)
-_LOCK_RUN_AND_STEPS = (
-    select(Run, Step)
-    .join(Step, col(Step.run_id) == col(Run.id))
-    .where(col(Run.id) == bindparam("run_id"))
-    .order_by(col(Step.number))
-    .options(*(defer(getattr(Run, name), raiseload=True) for name in STEP_UNREAD))
-    .with_for_update()
-    .execution_options(populate_existing=True)
-)
-_LOCK_RUN_AND_STEP = _LOCK_RUN_AND_STEPS.where(col(Step.number) == bindparam("number"))
 
 
 MESSAGES = ThreadMessage.__table__  # type: ignore[attr-defined]
@@ -252,39 +202,6 @@ def _insert_new(table: Table, columns: tuple[str, ...], dialect: str) -> Any:
     return upsert_dialect.insert(table).values(values).on_conflict_do_nothing().returning(key)
 
 
-def lock_run(db: Session, run_id: str) -> Run | None:
-    """The run with its row locked until the transaction ends, read fresh; None if absent.
-
-    A run this transaction already holds (locked, or inserted) is returned as it is.
-    """
-    held = db.info.get(_HELD, {}).get(run_id)
-    if held is not None:
-        return held  # type: ignore[no-any-return]
-    run = db.exec(_LOCK_RUN, params={"run_id": run_id}).first()
-    return hold(db, run) if run is not None else None
-
-
-def lock_run_and_steps(
-    db: Session, run_id: str, number: int | None = None
-) -> tuple[Run, list[Step]] | None:
-    """The run and its steps (or only step `number`), every row locked and read fresh,
-    in one round trip; None if the run or the step is absent, or the run has no steps.
-    The run comes without the columns steps do not read (`STEP_UNREAD`).
-
-    Postgres locks the rows in the order of the FROM list, the run's first, as every
-    transaction that writes a step has. Locking the steps' rows as well is what keeps
-    them fresh: a statement that waited for a lock returns the newest committed
-    version of every row it locks, but the snapshot's version of any row it only reads.
-    """
-    if number is None:
-        found = db.exec(_LOCK_RUN_AND_STEPS, params={"run_id": run_id}).all()
-    else:
-        found = db.exec(_LOCK_RUN_AND_STEP, params={"run_id": run_id, "number": number}).all()
-    if not found:
-        return None
-    return hold(db, found[0][0]), [step for _, step in found]
-
-
 class EventRecord(Protocol):
     """What an event is made of: a stored `Event` row or an `Emitted` one."""
 
@@ -350,10 +267,10 @@ class Tx:
         """
         assert type not in LIVE_ONLY, f"{type} is published live, never stored"
         now = utcnow()
-        run = self.db.info.get(_HELD, {}).get(run_id)
+        run = held(self.db, run_id)
         if run is not None:
             seq = run.last_seq + 1
-            _count(self.db, run, seq, now)
+            self.write(run, last_seq=seq, progressed_at=now)
         else:
             seq = self.db.execute(
                 update(Run)
@@ -365,29 +282,16 @@ class Tx:
         self.outbox.append(event)
         return event
 
-    def write(self, row: Any, **values: Any) -> None:
+    def write(self, row: RunRow | StepRow, **values: Any) -> None:
         """Set these columns of a stored row; they are written by key before the next
         statement that is not an INSERT, or with the events at the end.
 
-        The session's flush would write the same, but its unit of work costs a step
-        more than the statement does, and on Postgres the columns mostly ride along
-        with the events' INSERT (`write_events`) for no round trip of their own. The
-        row is left as if loaded with these values: clean, so no flush writes them.
-        A row the database does not have yet only takes the values, and the session
-        inserts it as usual.
+        On Postgres the columns mostly ride along with the events' INSERT
+        (`write_events`), for no round trip of their own. The row takes the values.
         """
-        state = inspect(row)
-        if not state.persistent:
-            for name, value in values.items():
-                setattr(row, name, value)
-            self.db.add(row)
-            return
-        columns = state.mapper.columns
-        (key,) = state.identity
-        written = {columns[name].key: value for name, value in values.items()}
-        _set_later(self.db, state.mapper.local_table, key, written)
-        for name, value in values.items():
-            set_committed_value(row, name, value)
+        written = {row.columns[name]: value for name, value in values.items()}
+        _set_later(self.db, row.table, row.id, written)
+        row.take(values.items())
 
     def write_events(self) -> None:
         """Insert the events emitted so far, with whatever else was left for later: on
@@ -401,22 +305,6 @@ class Tx:
             insert_later(self.db, "event", emitted.row())
         write_pending(self.db)
         self._written = len(self.outbox)
-
-
-def _count(db: Session, run: Run, seq: int, at: datetime) -> None:
-    """Give a held run its new last event number and progress time.
-
-    A run the database already has keeps them out of the ORM's flush: they are
-    committed values for the session, written as `Tx.write` writes. A run this
-    transaction inserts gets them in its INSERT.
-    """
-    if inspect(run).persistent:
-        set_committed_value(run, "last_seq", seq)
-        set_committed_value(run, "progressed_at", at)
-        _set_later(db, RUNS, run.id, {"last_seq": seq, "progressed_at": at})
-    else:
-        run.last_seq, run.progressed_at = seq, at
-        db.add(run)
 
 
 Observer = Callable[["Store", dict[str, Any]], None]

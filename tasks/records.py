@@ -22,10 +22,11 @@ from tenacity import (
 )
 
 from providers.types import Message, ToolCall, ToolResult, message_from_json, message_to_json
-from storage import TERMINAL, Run, Step, ThreadMessage, Tx
+from storage import TERMINAL, ThreadMessage, Tx
 from storage.events import STEP_SKIPPED
 from storage.models import aware, utcnow
-from storage.store import insert_later, lock_run_and_steps
+from storage.rows import RunRow, StepRow, lock_run_and_steps, steps_of
+from storage.store import insert_later
 from tasks import loop
 from tasks.runs import finish, locked_run
 
@@ -77,7 +78,7 @@ class Where:
     queue: str | None = None
 
 
-def locked_step(db: Session, run_id: str, number: int) -> tuple[Run, Step]:
+def locked_step(db: Session, run_id: str, number: int) -> tuple[RunRow, StepRow]:
     """The run and its step `number`, both rows locked for this transaction and read
     fresh, in one statement; `RunNotFound` or `LookupError` if either is absent."""
     found = lock_run_and_steps(db, run_id, number)
@@ -86,7 +87,7 @@ def locked_step(db: Session, run_id: str, number: int) -> tuple[Run, Step]:
     return locked_run(db, run_id), step_of(db, run_id, number)
 
 
-def locked_run_steps(db: Session, run_id: str, number: int) -> tuple[Run, list[Step]]:
+def locked_run_steps(db: Session, run_id: str, number: int) -> tuple[RunRow, list[StepRow]]:
     """The run and every step of it, in order, all rows locked and read fresh, in one
     statement: one read serves all of model step `number`'s decisions. `RunNotFound`
     if there is no such run.
@@ -104,10 +105,6 @@ def locked_run_steps(db: Session, run_id: str, number: int) -> tuple[Run, list[S
     return run, steps
 
 
-_STEP = select(Step).where(
-    col(Step.run_id) == bindparam("run_id"), col(Step.number) == bindparam("number")
-)
-_STEPS = select(Step).where(col(Step.run_id) == bindparam("run_id")).order_by(col(Step.number))
 # Columns, not ORM objects: a model step reads its whole conversation, and loading each
 # message as an object cost as much again as reading it (60 messages: 0.8 → 0.4 ms).
 _HISTORY = (
@@ -117,15 +114,15 @@ _HISTORY = (
 )
 
 
-def step_of(db: Session, run_id: str, number: int) -> Step:
+def step_of(db: Session, run_id: str, number: int) -> StepRow:
     """Step `number` of the run; `LookupError` if there is none."""
-    step = db.exec(_STEP, params={"run_id": run_id, "number": number}).first()
-    if step is None:
+    found = steps_of(db, run_id, [number])
+    if not found:
         raise LookupError(f"run {run_id} has no step {number}")
-    return step
+    return found[0]
 
 
-def claim(tx: Tx, step: Step, where: Where, lease: float, **also: Any) -> bool:
+def claim(tx: Tx, step: StepRow, where: Where, lease: float, **also: Any) -> bool:
     """Take the step for this task and write it so; False while another copy of it
     holds the lease. `also` are more columns to write with the claim.
 
@@ -150,12 +147,12 @@ def claim(tx: Tx, step: Step, where: Where, lease: float, **also: Any) -> bool:
     return True
 
 
-def end_step(tx: Tx, step: Step, status: str, error: str | None = None, **also: Any) -> None:
+def end_step(tx: Tx, step: StepRow, status: str, error: str | None = None, **also: Any) -> None:
     """Give the step its final status (and `also` these columns) and drop its lease."""
     tx.write(step, status=status, error=error, finished_at=utcnow(), lease_until=None, **also)
 
 
-def stopped(tx: Tx, run: Run, step: Step | None) -> bool:
+def stopped(tx: Tx, run: RunRow, step: StepRow | None) -> bool:
     """At a step boundary: end the run if it was cancelled or passed its deadline.
 
     True when the run has ended (now or before); the step, if any, is skipped.
@@ -181,12 +178,12 @@ def stopped(tx: Tx, run: Run, step: Step | None) -> bool:
     return True
 
 
-def run_steps(db: Session, run_id: str) -> list[Step]:
+def run_steps(db: Session, run_id: str) -> list[StepRow]:
     """Every step of the run, in order: one read serves all of a model step's decisions."""
-    return list(db.exec(_STEPS, params={"run_id": run_id}))
+    return steps_of(db, run_id)
 
 
-def find_step(steps: list[Step], run_id: str, number: int) -> Step:
+def find_step(steps: list[StepRow], run_id: str, number: int) -> StepRow:
     """Step `number` among the run's `steps`; `LookupError` if there is none."""
     for step in steps:
         if step.number == number:
@@ -194,12 +191,12 @@ def find_step(steps: list[Step], run_id: str, number: int) -> Step:
     raise LookupError(f"run {run_id} has no step {number}")
 
 
-def count_model_calls(steps: list[Step]) -> int:
+def count_model_calls(steps: list[StepRow]) -> int:
     """How many of these model steps have succeeded."""
     return sum(1 for s in steps if s.kind == "model" and s.status == "succeeded")
 
 
-def invalid_streak(steps: list[Step]) -> tuple[int, str]:
+def invalid_streak(steps: list[StepRow]) -> tuple[int, str]:
     """How many tool rounds in a row, the latest last, held an invalid call; and its error."""
     rounds: list[list[bool]] = []
     last_error = ""
@@ -220,7 +217,7 @@ def thread_history(db: Session, thread_id: str) -> tuple[Message, ...]:
     return tuple(message_from_json({"role": role, "parts": parts}) for role, parts in rows)
 
 
-def append(db: Session, run: Run, message: Message) -> None:
+def append(db: Session, run: RunRow, message: Message) -> None:
     """Add a message at the end of the run's thread (its INSERT waits for the
     transaction's other writes: `insert_later`)."""
     row = {
@@ -250,7 +247,7 @@ def add_steps(db: Session, run_id: str, steps: list[tuple[int, ToolCall | None]]
         insert_later(db, "step", row)
 
 
-def tool_results(steps: list[Step], number: int, history: tuple[Message, ...]) -> Message | None:
+def tool_results(steps: list[StepRow], number: int, history: tuple[Message, ...]) -> Message | None:
     """The results message of the tool round before model step `number`, if it is due.
 
     None when that round added its results already, or there was no round. Raises
@@ -277,8 +274,6 @@ def tool_results(steps: list[Step], number: int, history: tuple[Message, ...]) -
     return loop.results_message(calls, results)
 
 
-def steps_after(db: Session, run_id: str, numbers: list[int]) -> list[Step]:
+def steps_after(db: Session, run_id: str, numbers: list[int]) -> list[StepRow]:
     """The run's steps with these numbers."""
-    return list(
-        db.exec(select(Step).where(Step.run_id == run_id, col(Step.number).in_(numbers))).all()
-    )
+    return steps_of(db, run_id, numbers)

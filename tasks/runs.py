@@ -15,7 +15,8 @@ from sqlmodel import Session, col, delete, select
 from storage import TERMINAL, Run, Thread, Tx
 from storage.events import EVENT_FOR_STATUS, RUN_CANCEL_REQUESTED, RUN_QUEUED
 from storage.models import utcnow
-from storage.store import hold, insert_new, lock_run
+from storage.rows import RunRow, hold, lock_run, row_of
+from storage.store import insert_new
 from tasks.agents import Agents
 from tasks.errors import InvalidInput, NotYours, RunNotFound
 from tasks.runtime import Runtime
@@ -205,7 +206,7 @@ def _new_run(new: NewRun, thread_id: str) -> Run:
 
 
 def _queued(tx: Tx, run: Run) -> None:
-    hold(tx.db, run)  # inserted just now: nobody else sees it before the commit
+    hold(tx.db, row_of(run))  # inserted just now: nobody else sees it before the commit
     tx.emit(run.id, RUN_QUEUED, {"agent": run.agent, "thread": run.thread_id})
 
 
@@ -240,7 +241,7 @@ def _existing(db: Session, new: NewRun) -> str | None:
     return run.id
 
 
-def locked_run(db: Session, run_id: str) -> Run:
+def locked_run(db: Session, run_id: str) -> RunRow:
     """The run, with its row locked for this transaction; `RunNotFound` if there is none."""
     run = lock_run(db, run_id)
     if run is None:
@@ -250,7 +251,7 @@ def locked_run(db: Session, run_id: str) -> Run:
 
 def finish(
     tx: Tx,
-    run: Run,
+    run: RunRow,
     status: str,
     *,
     reason: str | None = None,
@@ -278,7 +279,6 @@ def cancel(tx: Tx, run_id: str) -> str:
     if run.status == "queued":
         finish(tx, run, "cancelled", reason="cancelled before it started")
         return run.status
-    run.cancel_requested = True
-    tx.db.add(run)
+    tx.write(run, cancel_requested=True)
     tx.emit(run.id, RUN_CANCEL_REQUESTED, {})
     return run.status

@@ -276,8 +276,7 @@ def waiting_behind(rt: Runtime, run_id: str) -> str | None:
         earlier = _unfinished(tx.db, mine.schedule, before=mine.tick)
         if not earlier:
             return None
-        run.progressed_at = utcnow()
-        tx.db.add(run)
+        tx.write(run, progressed_at=utcnow())
         return earlier[0]
 
 

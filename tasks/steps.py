@@ -25,7 +25,7 @@ from providers.types import (
     usage_from_json,
     usage_to_json,
 )
-from storage import TERMINAL, Run, Step, Tx
+from storage import TERMINAL, Step, Tx
 from storage.deltas import LiveDeltas
 from storage.events import (
     MODEL_COMPLETED,
@@ -36,6 +36,7 @@ from storage.events import (
     RUN_STARTED,
 )
 from storage.models import utcnow
+from storage.rows import RunRow, StepRow
 from storage.store import live_payload
 from tasks import loop
 from tasks.agents import Agent
@@ -335,7 +336,7 @@ def fail_run(rt: Runtime, run_id: str, reason: str, number: int | None = None) -
         finish(tx, run, "failed", reason=reason)
 
 
-def _continuation(rt: Runtime, db: Session, run: Run, step: Step) -> Next:
+def _continuation(rt: Runtime, db: Session, run: RunRow, step: StepRow) -> Next:
     """What a finished model step scheduled, for a redelivered copy of it.
 
     Re-dispatch only when nothing after the step has started: then the original

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from providers.types import ToolResult
-from storage import TERMINAL, Run, Step, Tx
+from storage import TERMINAL, Tx
 from storage.events import TOOL_COMPLETED, TOOL_FAILED, TOOL_OUTCOME_UNKNOWN, TOOL_STARTED
+from storage.rows import RunRow, StepRow
 from tasks.agents import Agent
 from tasks.errors import UnknownAgent
 from tasks.records import Where, claim, end_step, locked_step, recorded, stopped
@@ -91,7 +92,7 @@ def _agent(rt: Runtime, name: str) -> Agent | None:
         return None
 
 
-def _outcome_unknown(tx: Tx, run: Run, step: Step, agent: Agent | None) -> None:
+def _outcome_unknown(tx: Tx, run: RunRow, step: StepRow, agent: Agent | None) -> None:
     """End a call whose earlier attempt may have taken effect, without running it again."""
     content = (
         f"outcome unknown: the worker running {step.tool_name} stopped before it recorded "

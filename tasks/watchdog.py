@@ -17,12 +17,13 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
-from storage import TERMINAL, Run, Step, Tx
+from storage import TERMINAL, Run, Tx
 from storage.events import MODEL_RETRYING, RUN_RESUMED, STEP_SKIPPED
 from storage.models import Event, aware, utcnow
+from storage.rows import RunRow, StepRow
 from tasks.agents import Agent
 from tasks.errors import UnknownAgent
-from tasks.records import NOTHING, Next, end_step
+from tasks.records import NOTHING, Next, end_step, run_steps
 from tasks.runs import finish, locked_run
 from tasks.runtime import Runtime
 from tasks.timing import tool_lease
@@ -73,7 +74,7 @@ def _check(rt: Runtime, tx: Tx, run_id: str, now: datetime) -> Resume | None:
         return None
     agent = _agent(rt, run.agent)
     quiet = (now - aware(run.progressed_at)).total_seconds()
-    steps = tx.db.exec(select(Step).where(Step.run_id == run_id).order_by(col(Step.number))).all()
+    steps = run_steps(tx.db, run_id)
     if any(s.status == "running" and s.lease_until and aware(s.lease_until) > now for s in steps):
         return None  # a step is in flight; its lease says how long it may take
     if run.cancel_requested:  # say, a step waiting out a long retry countdown
@@ -95,8 +96,7 @@ def _check(rt: Runtime, tx: Tx, run_id: str, now: datetime) -> Resume | None:
     if found is None:
         _end(tx, run, steps, "failed", "stalled with no step left to run")
         return None
-    run.resumes += 1
-    tx.db.add(run)
+    tx.write(run, resumes=run.resumes + 1)
     numbers = [n for n, _ in found.after.tools] + (
         [found.after.model] if found.after.model is not None else []
     )
@@ -115,7 +115,7 @@ def _agent(rt: Runtime, name: str) -> Agent | None:
         return None
 
 
-def _countdown(db: Session, run: Run) -> float:
+def _countdown(db: Session, run: RunRow) -> float:
     """A model step waiting out a retry countdown is not stalled until it has passed."""
     last = db.exec(
         select(Event).where(Event.run_id == run.id).order_by(col(Event.seq).desc())
@@ -125,7 +125,7 @@ def _countdown(db: Session, run: Run) -> float:
     return float(last.data.get("countdown") or 0.0)
 
 
-def _unfinished(rt: Runtime, run: Run, steps: Sequence[Step]) -> Resume | None:
+def _unfinished(rt: Runtime, run: RunRow, steps: Sequence[StepRow]) -> Resume | None:
     """What to send again: the run's start, or its open tool steps and model step."""
     if run.status == "queued":
         return Resume(run.id, start=True)
@@ -150,7 +150,7 @@ def _queue(rt: Runtime, agent: str, name: str) -> str | None:
     return tool.queue if tool else None
 
 
-def _end(tx: Tx, run: Run, steps: Sequence[Step], status: str, reason: str) -> None:
+def _end(tx: Tx, run: RunRow, steps: Sequence[StepRow], status: str, reason: str) -> None:
     for step in steps:
         if step.status in ("pending", "running"):
             end_step(tx, step, "cancelled")

@@ -40,10 +40,13 @@ def _running(rt: Runtime, *, deadline_in: timedelta, quiet_for: timedelta) -> st
     now = utcnow()
     with rt.store.transaction() as tx:
         run = runs.locked_run(tx.db, run_id)
-        run.status, run.started_at = "running", now - quiet_for
-        run.deadline_at = now + deadline_in
-        run.progressed_at = now - quiet_for
-        tx.db.add(run)
+        tx.write(
+            run,
+            status="running",
+            started_at=now - quiet_for,
+            deadline_at=now + deadline_in,
+            progressed_at=now - quiet_for,
+        )
         append(tx.db, run, Message.text("user", run.input))
         tx.db.add(Step(run_id=run_id, number=1, kind="model"))
     return run_id
@@ -126,8 +129,7 @@ def test_a_run_that_stalls_again_after_max_resumes_fails_with_a_reason(
     run_id = _running(rt, deadline_in=HOUR, quiet_for=HOUR)
     with rt.store.transaction() as tx:
         run = runs.locked_run(tx.db, run_id)
-        run.resumes = rt.settings.watchdog_max_resumes
-        tx.db.add(run)
+        tx.write(run, resumes=rt.settings.watchdog_max_resumes)
 
     assert watchdog.sweep(rt) == []
 

@@ -15,7 +15,7 @@ from sqlmodel import Session
 from storage import Event, Run, Store
 from storage.events import MODEL_STARTED, RUN_QUEUED, TOOL_COMPLETED
 from storage.models import aware
-from storage.store import lock_run
+from storage.rows import lock_run
 from tests.stores import new_run  # its `store` fixture comes through conftest
 
 THREADS = 8
@@ -262,8 +262,7 @@ def test_a_locked_run_that_changed_writes_its_change_and_its_counter(store):
     with store.transaction() as tx:
         run = lock_run(tx.db, run_id)
         assert run is not None
-        run.status = "running"
-        tx.db.add(run)
+        tx.write(run, status="running")
         tx.emit(run_id, MODEL_STARTED, {}, step=1)
     with Session(store.engine) as db:
         stored = db.get(Run, run_id)

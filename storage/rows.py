@@ -1,0 +1,223 @@
+"""The rows a step decides on: its run and its steps, read with Core as plain objects.
+
+A step locks its run (and its steps), reads a few columns and writes a few back by
+key (`Tx.write`). Loading those rows as ORM objects cost more than the statement
+that read them: an instance state, an identity map entry and a loader pass per
+row, then the commit's bookkeeping of every loaded object. Rows are frozen: a
+column changes only through `Tx.write`, which writes it, so nothing set on a row
+can be lost. The ORM models stay the schema, and what the HTTP API and the client
+read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, Self
+
+from sqlalchemy import Column, Table, bindparam, inspect, select
+from sqlmodel import Session
+
+from storage.models import Run, Step
+
+RUNS: Table = Run.__table__  # type: ignore[attr-defined]
+STEPS: Table = Step.__table__  # type: ignore[attr-defined]
+# Session.info key: the runs whose rows this transaction locked (or inserted).
+_HELD = "stepwise.held_runs"
+
+
+class _Row:
+    """A row as attributes named as the model's. A column the statement did not read
+    raises `AttributeError` when read."""
+
+    __slots__ = ()
+    table: ClassVar[Table]
+    columns: ClassVar[dict[str, str]]  # attribute name: column name
+
+    @classmethod
+    def of(cls, names: Sequence[str], values: Sequence[Any]) -> Self:
+        """A row with these attributes, from a result row's values in the same order."""
+        row = cls.__new__(cls)
+        row.take(zip(names, values, strict=True))
+        return row
+
+    def take(self, values: Iterable[tuple[str, Any]]) -> None:
+        """Take these (name, value) pairs as the row's values: what `Tx.write` wrote,
+        or a fresh read of the row."""
+        for name, value in values:
+            object.__setattr__(self, name, value)
+
+
+@dataclass(frozen=True, slots=True, eq=False, init=False)
+class RunRow(_Row):
+    """A `Run` row; see `Run` for what each column means."""
+
+    id: str
+    agent: str
+    status: str
+    input: str
+    thread_id: str
+    owner: str | None
+    idempotency_key: str | None
+    meta: dict[str, Any]
+    result: str | None
+    error: str | None
+    cancel_requested: bool
+    last_seq: int
+    usage: dict[str, int]
+    cost_usd: float | None
+    progressed_at: datetime | None
+    resumes: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    deadline_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, eq=False, init=False)
+class StepRow(_Row):
+    """A `Step` row; see `Step` for what each column means."""
+
+    id: int
+    run_id: str
+    number: int
+    kind: str
+    status: str
+    call_id: str | None
+    tool_name: str | None
+    arguments: str | None
+    effect_id: str | None
+    output: dict[str, Any] | None
+    usage: dict[str, int] | None
+    cost_usd: float | None
+    error: str | None
+    attempts: int
+    lease_until: datetime | None
+    queue: str | None
+    task_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def _mapped(model: Any) -> dict[str, Column[Any]]:
+    return {attr.key: attr.columns[0] for attr in inspect(model).column_attrs}
+
+
+_RUN = _mapped(Run)
+_STEP = _mapped(Step)
+RunRow.table, RunRow.columns = RUNS, {name: c.key for name, c in _RUN.items()}
+StepRow.table, StepRow.columns = STEPS, {name: c.key for name, c in _STEP.items()}
+
+# The run's columns a step never reads: one statement of a run and its steps carries the
+# run's columns on every step's row, and its input (any size) would be read once per step
+# for every model step. Reading one of them from the run it returns raises.
+STEP_UNREAD = frozenset(
+    {
+        "input",
+        "owner",
+        "idempotency_key",
+        "meta",
+        "result",
+        "error",
+        "resumes",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "progressed_at",
+    }
+)
+_RUN_NAMES = tuple(_RUN)
+_RUN_READ = tuple(name for name in _RUN if name not in STEP_UNREAD)
+_STEP_NAMES = tuple(_STEP)
+
+# Built once: every step locks its run, and building a statement costs as much as a
+# third of running it.
+_LOCK_RUN = select(*_RUN.values()).where(RUNS.c.id == bindparam("run_id")).with_for_update()
+_LOCK_RUN_AND_STEPS = (
+    select(*(_RUN[name] for name in _RUN_READ), *_STEP.values())
+    .select_from(RUNS.join(STEPS, STEPS.c.run_id == RUNS.c.id))
+    .where(RUNS.c.id == bindparam("run_id"))
+    .order_by(STEPS.c.number)
+    .with_for_update()
+)
+_LOCK_RUN_AND_STEP = _LOCK_RUN_AND_STEPS.where(STEPS.c.number == bindparam("number"))
+_STEPS = select(*_STEP.values()).where(STEPS.c.run_id == bindparam("run_id"))
+_ALL_STEPS = _STEPS.order_by(STEPS.c.number)
+_SOME_STEPS = _ALL_STEPS.where(STEPS.c.number.in_(bindparam("numbers", expanding=True)))
+
+
+def hold(db: Session, run: RunRow) -> RunRow:
+    """Note that this transaction owns `run`'s row (locked, or inserted by it).
+
+    Events of a held run take their numbers from the row in memory, and the counter
+    is written with the run's other columns when the transaction ends (`Tx.write`).
+    """
+    db.info.setdefault(_HELD, {})[run.id] = run
+    return run
+
+
+def held(db: Session, run_id: str) -> RunRow | None:
+    """The run this transaction holds with that id, if it holds it."""
+    found: RunRow | None = db.info.get(_HELD, {}).get(run_id)
+    return found
+
+
+def _held_fresh(db: Session, run_id: str, names: Sequence[str], values: Sequence[Any]) -> RunRow:
+    """Hold the run just read: the row held already takes the fresh values, so that
+    whoever holds it sees them."""
+    run = held(db, run_id)
+    if run is None:
+        return hold(db, RunRow.of(names, values))
+    run.take(zip(names, values, strict=True))
+    return run
+
+
+def lock_run(db: Session, run_id: str) -> RunRow | None:
+    """The run with its row locked until the transaction ends, read fresh; None if absent.
+
+    A run this transaction already holds (locked, or inserted) is returned as it is.
+    """
+    run = held(db, run_id)
+    if run is not None:
+        return run
+    found = db.execute(_LOCK_RUN, {"run_id": run_id}).first()
+    return _held_fresh(db, run_id, _RUN_NAMES, found) if found is not None else None
+
+
+def lock_run_and_steps(
+    db: Session, run_id: str, number: int | None = None
+) -> tuple[RunRow, list[StepRow]] | None:
+    """The run and its steps (or only step `number`), every row locked and read fresh,
+    in one round trip; None if the run or the step is absent, or the run has no steps.
+    A run not held before comes without the columns steps do not read (`STEP_UNREAD`).
+
+    Postgres locks the rows in the order of the FROM list, the run's first, as every
+    transaction that writes a step has. Locking the steps' rows as well is what keeps
+    them fresh: a statement that waited for a lock returns the newest committed
+    version of every row it locks, but the snapshot's version of any row it only reads.
+    """
+    if number is None:
+        found = db.execute(_LOCK_RUN_AND_STEPS, {"run_id": run_id}).all()
+    else:
+        found = db.execute(_LOCK_RUN_AND_STEP, {"run_id": run_id, "number": number}).all()
+    if not found:
+        return None
+    split = len(_RUN_READ)
+    run = _held_fresh(db, run_id, _RUN_READ, found[0][:split])
+    return run, [StepRow.of(_STEP_NAMES, row[split:]) for row in found]
+
+
+def steps_of(db: Session, run_id: str, numbers: Sequence[int] | None = None) -> list[StepRow]:
+    """The run's steps (or those with these numbers), in order, without locking them."""
+    if numbers is None:
+        rows = db.execute(_ALL_STEPS, {"run_id": run_id})
+    else:
+        rows = db.execute(_SOME_STEPS, {"run_id": run_id, "numbers": list(numbers)})
+    return [StepRow.of(_STEP_NAMES, row) for row in rows]
+
+
+def row_of(run: Run) -> RunRow:
+    """The row of a `Run` this transaction inserted, to hold."""
+    return RunRow.of(_RUN_NAMES, [getattr(run, name) for name in _RUN_NAMES])

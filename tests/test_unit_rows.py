@@ -1,0 +1,47 @@
+"""The rows steps decide on (`storage/rows.py`): the models' columns, read with Core."""
+
+from dataclasses import fields
+
+from sqlalchemy import inspect
+
+from storage import Run, Step
+from storage.rows import RunRow, StepRow, lock_run, lock_run_and_steps, steps_of
+from tasks.records import add_steps
+from tests.stores import new_run  # its `store` fixture comes through conftest
+
+
+def test_a_run_row_and_a_step_row_have_their_model_s_columns_and_no_other():
+    for row, model in ((RunRow, Run), (StepRow, Step)):
+        mapped = [attribute.key for attribute in inspect(model).column_attrs]
+        assert [field.name for field in fields(row)] == mapped
+        assert list(row.columns) == mapped
+
+
+def test_a_run_row_names_the_column_behind_an_attribute_of_another_name():
+    assert RunRow.columns["meta"] == "metadata"
+
+
+def test_a_run_locked_again_with_its_steps_is_the_same_row_read_fresh(store):
+    run_id = new_run(store, status="running")
+    with store.transaction() as tx:
+        add_steps(tx.db, run_id, [(1, None)])
+    with store.transaction() as tx:
+        run = lock_run(tx.db, run_id)
+        assert run is not None
+        tx.write(run, usage={"input_tokens": 5})
+        found = lock_run_and_steps(tx.db, run_id)
+        assert found is not None
+        again, steps = found
+        assert again is run  # whoever holds the run sees what the read found
+        assert run.usage == {"input_tokens": 5}
+        assert [(s.number, s.kind, s.status) for s in steps] == [(1, "model", "pending")]
+
+
+def test_steps_are_read_in_order_all_of_them_or_those_asked_for(store):
+    run_id = new_run(store, status="running")
+    with store.transaction() as tx:
+        add_steps(tx.db, run_id, [(3, None), (1, None), (2, None)])
+    with store.transaction() as tx:
+        assert [s.number for s in steps_of(tx.db, run_id)] == [1, 2, 3]
+        assert [s.number for s in steps_of(tx.db, run_id, [3, 1])] == [1, 3]
+        assert steps_of(tx.db, run_id, []) == []
