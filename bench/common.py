@@ -72,8 +72,9 @@ class CpuClock:
         if "machine" in after:
             busy, total = (a - b for a, b in zip(after["machine"], before["machine"], strict=True))
             if total:  # none when the readings fell within one clock tick (a short phase)
+                ours = sum(cores.values())
                 cores["machine"] = busy / total * (os.cpu_count() or 1)
-                cores["other"] = cores["machine"] - sum(cores.values())
+                cores["other"] = cores["machine"] - ours
         return {k: round(v, 2) for k, v in cores.items()}
 
     def _postgres(self) -> list[int]:
