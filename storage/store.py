@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, Table, bindparam, func, insert, inspect, literal, update
 from sqlalchemy import event as orm_events
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import ORMExecuteState, make_transient_to_detached
+from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlmodel import Session, col, select
@@ -175,8 +175,9 @@ def _written_before_reading(state: ORMExecuteState) -> None:
 def insert_new(db: Session, row: Any) -> bool:
     """Insert `row` (a new model object) unless a row with any of its unique keys
     exists, in one statement (`INSERT … ON CONFLICT DO NOTHING`): True if it was
-    inserted, and `row` is then in the session as if loaded. False if one was there,
-    or is being inserted by a transaction that then commits (Postgres waits for it).
+    inserted. False if one was there, or is being inserted by a transaction that then
+    commits (Postgres waits for it). `row` stays out of the session: what follows in
+    the transaction holds the row it needs (`storage.rows.hold`).
 
     The session's flush would need a savepoint and a read before it to tell the two
     apart without aborting the transaction.
@@ -185,11 +186,8 @@ def insert_new(db: Session, row: Any) -> bool:
     values = {a.columns[0].name: getattr(row, a.key) for a in mapper.column_attrs}
     values = {name: value for name, value in values.items() if value is not None}
     statement = _insert_new(mapper.local_table, tuple(values), db.get_bind().dialect.name)
-    if db.execute(statement, {f"new_{name}": v for name, v in values.items()}).first() is None:
-        return False
-    make_transient_to_detached(row)
-    db.add(row)
-    return True
+    inserted = db.execute(statement, {f"new_{name}": v for name, v in values.items()}).first()
+    return inserted is not None
 
 
 @lru_cache(maxsize=64)
@@ -300,7 +298,7 @@ class Tx:
         Events are append-only and nothing reads them back in the transaction, so
         they skip the ORM's unit of work.
         """
-        self.db.flush()  # first the rows (runs, threads) that what is left refers to
+        self.db.flush()  # first the rows added to the session the ORM way (a schedule tick)
         for emitted in self.outbox[self._written :]:
             insert_later(self.db, "event", emitted.row())
         write_pending(self.db)

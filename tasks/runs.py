@@ -225,7 +225,6 @@ def _record_alone(tx: Tx, new: NewRun) -> bool:
         return True
     # Its idempotency key, or its id on another thread, is taken: the thread is not needed.
     tx.db.execute(delete(Thread).where(col(Thread.id) == thread.id))
-    tx.db.expunge(thread)
     return False
 
 
