@@ -30,6 +30,7 @@ from providers.base import Clients, split_model
 from providers.errors import ProviderError, Retryable
 from providers.openai import (
     DEFAULT_BASE_URL,
+    as_sent,
     classified,
     make_client,
     request_timeout,
@@ -345,7 +346,9 @@ class OpenAIResponsesProvider:
         """One response; streamed when `on_delta` is given."""
         _, model = split_model(request.model)
         client = self.client(request.settings)
-        wire = to_wire(request)
+        # Past the SDK's request transform (`as_sent`): with a nine-message history and a
+        # tool it cost more CPU than the rest of a streamed call (7.0 against 2.6 ms).
+        wire = as_sent(to_wire(request))
         timeout = request_timeout(request.settings, PROVIDER)
         with classified(model, PROVIDER):
             if on_delta is None:

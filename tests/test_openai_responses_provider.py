@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from providers.errors import ContextLengthExceeded, Fatal, Retryable
-from providers.openai_responses import OpenAIResponsesProvider
+from providers.openai_responses import OpenAIResponsesProvider, to_wire
 from providers.types import (
     Delta,
     Message,
@@ -194,6 +194,31 @@ def test_the_reasoning_item_goes_back_unchanged_before_its_calls_and_then_their_
     ]
     assert server.requests[1].body["input"][1]["encrypted_content"] == wire.ENCRYPTED
     assert second.message.joined_text == "3 and 7."
+
+
+def test_a_streamed_request_with_history_and_tools_is_sent_exactly_as_to_wire_writes_it(
+    server: FakeOpenAIResponses, provider: OpenAIResponsesProvider
+) -> None:
+    # The adapter hands the body to the SDK as extra_body, past its request transform.
+    server.reply(wire.text_answer("10"))
+    call = ToolCall("call_1", "add", '{"a": 1, "b": 2}')
+    request = ask(
+        Message.text("user", "What is 1 + 2, plus 7?"),
+        Message("assistant", (OpaqueItem("openai-responses", THOUGHT), TextPart("Adding."), call)),
+        Message("tool", (ToolResult("call_1", "add", "3"),)),
+        tools=(ADD_SPEC,),
+        reasoning_effort="low",
+        parallel_tool_calls=False,
+        max_output_tokens=50,
+    )
+
+    streamed(provider, request)
+
+    expected = {**to_wire(request), "stream": True}
+    assert server.requests[0].body == expected
+    kinds = [item.get("type", item.get("role")) for item in expected["input"]]
+    assert kinds == ["user", "reasoning", "assistant", "function_call", "function_call_output"]
+    assert expected["reasoning"] == {"effort": "low"} and expected["max_output_tokens"] == 50
 
 
 def test_a_conversation_that_came_from_anthropic_loses_its_thinking_and_still_runs(
