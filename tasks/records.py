@@ -98,10 +98,10 @@ def locked_run_steps(db: Session, run_id: str, number: int) -> tuple[RunRow, lis
     """
     found = lock_run_and_steps(db, run_id)
     if found is None:
-        return locked_run(db, run_id), run_steps(db, run_id)
+        return locked_run(db, run_id), steps_of(db, run_id)
     run, steps = found
     if not any(step.number == number for step in steps):
-        steps = run_steps(db, run_id)
+        steps = steps_of(db, run_id)
     return run, steps
 
 
@@ -176,11 +176,6 @@ def stopped(tx: Tx, run: RunRow, step: StepRow | None) -> bool:
         reason = "cancelled on request" if status == "cancelled" else "passed its deadline"
         finish(tx, run, status, reason=reason)
     return True
-
-
-def run_steps(db: Session, run_id: str) -> list[StepRow]:
-    """Every step of the run, in order: one read serves all of a model step's decisions."""
-    return steps_of(db, run_id)
 
 
 def find_step(steps: list[StepRow], run_id: str, number: int) -> StepRow:
@@ -272,8 +267,3 @@ def tool_results(steps: list[StepRow], number: int, history: tuple[Message, ...]
         if s.output is not None
     }
     return loop.results_message(calls, results)
-
-
-def steps_after(db: Session, run_id: str, numbers: list[int]) -> list[StepRow]:
-    """The run's steps with these numbers."""
-    return steps_of(db, run_id, numbers)

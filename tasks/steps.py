@@ -36,7 +36,7 @@ from storage.events import (
     RUN_STARTED,
 )
 from storage.models import utcnow
-from storage.rows import RunRow, StepRow
+from storage.rows import RunRow, StepRow, steps_of
 from storage.store import live_payload
 from tasks import loop
 from tasks.agents import Agent
@@ -57,7 +57,6 @@ from tasks.records import (
     locked_step,
     recorded,
     step_of,
-    steps_after,
     stopped,
     thread_history,
     tool_results,
@@ -330,7 +329,7 @@ def fail_run(rt: Runtime, run_id: str, reason: str, number: int | None = None) -
     """Fail a run (and its step) because a step cannot go on."""
     with rt.store.transaction() as tx:
         run = locked_run(tx.db, run_id)
-        for step in steps_after(tx.db, run_id, [] if number is None else [number]):
+        for step in steps_of(tx.db, run_id, [] if number is None else [number]):
             if step.status in ("pending", "running"):
                 end_step(tx, step, "failed", error=reason)
         finish(tx, run, "failed", reason=reason)
@@ -348,10 +347,10 @@ def _continuation(rt: Runtime, db: Session, run: RunRow, step: StepRow) -> Next:
     if not calls:
         if step.output.get("finish_reason") != "pause":
             return Next(finish=True)
-        after = steps_after(db, run.id, [step.number + 1])
+        after = steps_of(db, run.id, [step.number + 1])
         return Next(model=step.number + 1) if after and after[0].status == "pending" else NOTHING
     plan = loop.plan_tools(step.number, len(calls))
-    later = steps_after(db, run.id, [*plan.tool_steps, plan.next_model_step])
+    later = steps_of(db, run.id, [*plan.tool_steps, plan.next_model_step])
     if any(s.status != "pending" for s in later):
         return NOTHING
     queues = []

@@ -20,10 +20,10 @@ from sqlmodel import Session, col, select
 from storage import TERMINAL, Run, Tx
 from storage.events import MODEL_RETRYING, RUN_RESUMED, STEP_SKIPPED
 from storage.models import Event, aware, utcnow
-from storage.rows import RunRow, StepRow
+from storage.rows import RunRow, StepRow, steps_of
 from tasks.agents import Agent
 from tasks.errors import UnknownAgent
-from tasks.records import NOTHING, Next, end_step, run_steps
+from tasks.records import NOTHING, Next, end_step
 from tasks.runs import finish, locked_run
 from tasks.runtime import Runtime
 from tasks.timing import tool_lease
@@ -74,7 +74,7 @@ def _check(rt: Runtime, tx: Tx, run_id: str, now: datetime) -> Resume | None:
         return None
     agent = _agent(rt, run.agent)
     quiet = (now - aware(run.progressed_at)).total_seconds()
-    steps = run_steps(tx.db, run_id)
+    steps = steps_of(tx.db, run_id)
     if any(s.status == "running" and s.lease_until and aware(s.lease_until) > now for s in steps):
         return None  # a step is in flight; its lease says how long it may take
     if run.cancel_requested:  # say, a step waiting out a long retry countdown
