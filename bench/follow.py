@@ -3,7 +3,7 @@
 Phase 1 commits stored events, one per transaction as the runtime does, at a paced
 aggregate rate spread over many runs, while each run has several followers on
 `storage.follow.afollow` (asyncio, in separate processes: one Redis connection each).
-A publisher notes the wall-clock time its commit returned (SQLAlchemy's `after_commit`),
+A publisher notes the wall-clock time its commit returned (the pool's `checkin`, right after),
 a follower the time `afollow` handed it the event; latency is the difference. Phase 2
 publishes `model.delta` messages as fast as the publishers can (or at `--delta-rate`)
 and counts what the followers receive. Every follower must see every stored event of
@@ -191,7 +191,8 @@ def publisher_process(
     """Commit paced events, then publish deltas, then end the runs, on the coordinator's word."""
     store = Store(make_engine(cfg.database_url), RedisFanout(cfg.redis_url))
     stamps = threading.local()  # the time this thread's latest commit returned
-    sa_event.listen(Session, "after_commit", lambda _session: setattr(stamps, "at", time.time()))
+    # A transaction's connection goes back to the pool as soon as it has committed.
+    sa_event.listen(store.engine, "checkin", lambda *_: setattr(stamps, "at", time.time()))
     for connection in [store.engine.connect() for _ in groups]:  # fill the pool up front
         connection.close()
     reports.put(("ready", share, os.getpid()))
@@ -273,10 +274,10 @@ def create_runs(url: str, count: int) -> list[str]:
     run_ids = [str(uuid.uuid4()) for _ in range(count)]
     with Store(engine, LocalFanout()).transaction() as tx:
         for run_id in run_ids:
-            tx.db.add(Thread(id=run_id))
-            tx.db.flush()
-            tx.db.add(Run(id=run_id, agent="bench", input="bench", thread_id=run_id))
-            tx.db.flush()
+            tx.db.orm.add(Thread(id=run_id))
+            tx.db.orm.flush()
+            tx.db.orm.add(Run(id=run_id, agent="bench", input="bench", thread_id=run_id))
+            tx.db.orm.flush()
             tx.emit(run_id, RUN_QUEUED, {"agent": "bench", "thread": run_id})
     engine.dispose()
     return run_ids

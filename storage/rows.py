@@ -14,16 +14,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from sqlalchemy import Column, Table, bindparam, inspect, select
-from sqlmodel import Session
 
 from storage.models import Run, Step
 
+if TYPE_CHECKING:
+    from storage.store import Db
+
 RUNS: Table = Run.__table__  # type: ignore[attr-defined]
 STEPS: Table = Step.__table__  # type: ignore[attr-defined]
-# Session.info key: the runs whose rows this transaction locked (or inserted).
+# Db.info key: the runs whose rows this transaction locked (or inserted).
 _HELD = "stepwise.held_runs"
 
 
@@ -148,7 +150,7 @@ _ALL_STEPS = _STEPS.order_by(STEPS.c.number)
 _SOME_STEPS = _ALL_STEPS.where(STEPS.c.number.in_(bindparam("numbers", expanding=True)))
 
 
-def hold(db: Session, run: RunRow) -> RunRow:
+def hold(db: Db, run: RunRow) -> RunRow:
     """Note that this transaction owns `run`'s row (locked, or inserted by it).
 
     Events of a held run take their numbers from the row in memory, and the counter
@@ -158,13 +160,13 @@ def hold(db: Session, run: RunRow) -> RunRow:
     return run
 
 
-def held(db: Session, run_id: str) -> RunRow | None:
+def held(db: Db, run_id: str) -> RunRow | None:
     """The run this transaction holds with that id, if it holds it."""
     found: RunRow | None = db.info.get(_HELD, {}).get(run_id)
     return found
 
 
-def _held_fresh(db: Session, run_id: str, names: Sequence[str], values: Sequence[Any]) -> RunRow:
+def _held_fresh(db: Db, run_id: str, names: Sequence[str], values: Sequence[Any]) -> RunRow:
     """Hold the run just read: the row held already takes the fresh values, so that
     whoever holds it sees them."""
     run = held(db, run_id)
@@ -174,7 +176,7 @@ def _held_fresh(db: Session, run_id: str, names: Sequence[str], values: Sequence
     return run
 
 
-def lock_run(db: Session, run_id: str) -> RunRow | None:
+def lock_run(db: Db, run_id: str) -> RunRow | None:
     """The run with its row locked until the transaction ends, read fresh; None if absent.
 
     A run this transaction already holds (locked, or inserted) is returned as it is.
@@ -187,7 +189,7 @@ def lock_run(db: Session, run_id: str) -> RunRow | None:
 
 
 def lock_run_and_steps(
-    db: Session, run_id: str, number: int | None = None
+    db: Db, run_id: str, number: int | None = None
 ) -> tuple[RunRow, list[StepRow]] | None:
     """The run and its steps (or only step `number`), every row locked and read fresh,
     in one round trip; None if the run or the step is absent, or the run has no steps.
@@ -209,7 +211,7 @@ def lock_run_and_steps(
     return run, [StepRow.of(_STEP_NAMES, row[split:]) for row in found]
 
 
-def steps_of(db: Session, run_id: str, numbers: Sequence[int] | None = None) -> list[StepRow]:
+def steps_of(db: Db, run_id: str, numbers: Sequence[int] | None = None) -> list[StepRow]:
     """The run's steps (or those with these numbers), in order, without locking them."""
     if numbers is None:
         rows = db.execute(_ALL_STEPS, {"run_id": run_id})

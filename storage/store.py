@@ -10,11 +10,22 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, Table, bindparam, func, insert, inspect, literal, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Executable,
+    Result,
+    Table,
+    bindparam,
+    func,
+    insert,
+    inspect,
+    literal,
+    update,
+)
 from sqlalchemy import event as orm_events
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import ORMExecuteState
-from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlmodel import Session, col, select
 
@@ -28,8 +39,10 @@ log = logging.getLogger(__name__)
 MODEL_HISTORY = (MODEL_STARTED, MODEL_COMPLETED, MODEL_RETRACTED)
 EVENTS = Event.__table__  # type: ignore[attr-defined]
 EVENT_COLUMNS = ("run_id", "seq", "type", "step", "data", "created_at")
-# Session.info key: what a transaction wrote that is not in the database yet (`_Unwritten`).
+# Db.info key: what a transaction wrote that is not in the database yet (`_Unwritten`).
 _UNWRITTEN = "stepwise.unwritten_rows"
+# Session.info key of a transaction's ORM session: its `Db`.
+_DB = "stepwise.db"
 
 
 MESSAGES = ThreadMessage.__table__  # type: ignore[attr-defined]
@@ -92,19 +105,65 @@ class _Unwritten:
     rows: dict[tuple[Table, Any], dict[str, Any]] = field(default_factory=dict)
 
 
-def _unwritten(db: OrmSession) -> _Unwritten:
+class Db:
+    """A transaction's connection: what steps read and write, as Core statements.
+
+    A step's transaction is a few statements it builds itself; an ORM `Session` around
+    them cost more than the statements (beginning, committing and closing it: about
+    0.1 ms a transaction). What still wants model objects (a schedule's tick, say) uses
+    `orm`, a session made on first use inside the same transaction.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.dialect: str = connection.dialect.name
+        # What this transaction keeps beside the database: the runs it holds
+        # (`storage.rows.hold`) and the writes left for later (`insert_later`).
+        self.info: dict[str, Any] = {}
+        self._orm: Session | None = None
+
+    def execute(self, statement: Executable, params: dict[str, Any] | None = None) -> Result[Any]:
+        """Run a statement in the transaction. Any statement but an INSERT first writes
+        what was left for later, so that whatever reads or updates the rows sees them;
+        and any statement first writes what was added through `orm`, as its autoflush
+        would."""
+        if self._orm is not None:
+            self._orm.flush()
+        if _UNWRITTEN in self.info and not statement.is_insert:
+            write_pending(self)
+        return self.connection.execute(statement, params)
+
+    @property
+    def orm(self) -> Session:
+        """An ORM session in this transaction, for model objects; committed with it."""
+        if self._orm is None:
+            self._orm = Session(bind=self.connection, expire_on_commit=False, info={_DB: self})
+        return self._orm
+
+    def flush(self) -> None:
+        """Write the objects added to `orm` (nothing if it was never used)."""
+        if self._orm is not None:
+            self._orm.flush()
+
+    def close(self) -> None:
+        """Let go of `orm`'s objects; the transaction is the connection's to end."""
+        if self._orm is not None:
+            self._orm.close()
+
+
+def _unwritten(db: Db) -> _Unwritten:
     found: _Unwritten | None = db.info.get(_UNWRITTEN)
     if found is None:
         found = db.info[_UNWRITTEN] = _Unwritten()
     return found
 
 
-def _set_later(db: OrmSession, table: Table, key: Any, columns: dict[str, Any]) -> None:
+def _set_later(db: Db, table: Table, key: Any, columns: dict[str, Any]) -> None:
     """Set columns of row `key` of `table`, to be written with the rest (`write_pending`)."""
     _unwritten(db).rows.setdefault((table, key), {}).update(columns)
 
 
-def insert_later(db: Session, kind: str, row: dict[str, Any]) -> None:
+def insert_later(db: Db, kind: str, row: dict[str, Any]) -> None:
     """Insert `row` (an "event", a "step" or a "message") before the next statement that
     is not an INSERT, or at the end of the transaction.
 
@@ -142,7 +201,7 @@ def _statement(parts: tuple[Part, ...]) -> Any:
     return statement
 
 
-def write_pending(db: OrmSession) -> None:
+def write_pending(db: Db) -> None:
     """Write what `insert_later` and `Tx.write` left for later: in one statement on
     Postgres, one statement each elsewhere."""
     unwritten: _Unwritten | None = db.info.pop(_UNWRITTEN, None)
@@ -155,24 +214,24 @@ def write_pending(db: OrmSession) -> None:
         parts.append((("update", table, tuple(columns)), {"key_": key, **columns}))
     if not parts:
         return
-    if db.get_bind().dialect.name == "postgresql":
+    if db.dialect == "postgresql":
         params = {f"p{i}_{name}": v for i, (_, row) in enumerate(parts) for name, v in row.items()}
-        db.execute(_statement(tuple(part for part, _ in parts)), params)
+        db.connection.execute(_statement(tuple(part for part, _ in parts)), params)
         return
     for part, row in parts:
-        db.execute(_statement((part,)), {f"p0_{name}": v for name, v in row.items()})
+        db.connection.execute(_statement((part,)), {f"p0_{name}": v for name, v in row.items()})
 
 
 @orm_events.listens_for(Session, "do_orm_execute")
 def _written_before_reading(state: ORMExecuteState) -> None:
-    """Before any statement but an INSERT, write what was left for later: whatever
-    reads or updates the rows sees them. An INSERT needs none of it, so most writes
-    wait for the transaction's end and go with its events, in one statement."""
-    if not state.is_insert and _UNWRITTEN in state.session.info:
-        write_pending(state.session)
+    """What `Db.execute` does, for a transaction's ORM session (`Db.orm`): before any
+    statement but an INSERT, write what was left for later."""
+    db: Db | None = state.session.info.get(_DB)
+    if db is not None and not state.is_insert and _UNWRITTEN in db.info:
+        write_pending(db)
 
 
-def insert_new(db: Session, row: Any) -> bool:
+def insert_new(db: Db, row: Any) -> bool:
     """Insert `row` (a new model object) unless a row with any of its unique keys
     exists, in one statement (`INSERT … ON CONFLICT DO NOTHING`): True if it was
     inserted. False if one was there, or is being inserted by a transaction that then
@@ -185,7 +244,7 @@ def insert_new(db: Session, row: Any) -> bool:
     mapper = inspect(row).mapper
     values = {a.columns[0].name: getattr(row, a.key) for a in mapper.column_attrs}
     values = {name: value for name, value in values.items() if value is not None}
-    statement = _insert_new(mapper.local_table, tuple(values), db.get_bind().dialect.name)
+    statement = _insert_new(mapper.local_table, tuple(values), db.dialect)
     inserted = db.execute(statement, {f"new_{name}": v for name, v in values.items()}).first()
     return inserted is not None
 
@@ -249,7 +308,7 @@ def event_payload(event: EventRecord) -> dict[str, Any]:
 class Tx:
     """One database transaction; events emitted in it are published after it commits."""
 
-    db: Session
+    db: Db
     outbox: list[Emitted] = field(default_factory=list)
     _written: int = 0  # how many of the outbox's events are in the database
 
@@ -298,7 +357,7 @@ class Tx:
         Events are append-only and nothing reads them back in the transaction, so
         they skip the ORM's unit of work.
         """
-        self.db.flush()  # first the rows added to the session the ORM way (a schedule tick)
+        self.db.flush()  # first the objects added the ORM way (a schedule's tick)
         for emitted in self.outbox[self._written :]:
             insert_later(self.db, "event", emitted.row())
         write_pending(self.db)
@@ -363,11 +422,15 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """A transaction that commits on success and then publishes its events."""
-        with Session(self.engine, expire_on_commit=False) as db:
-            tx = Tx(db)
-            yield tx
-            tx.write_events()
-            db.commit()
+        with self.engine.connect() as connection:
+            db = Db(connection)
+            try:
+                tx = Tx(db)
+                yield tx
+                tx.write_events()
+                connection.commit()
+            finally:
+                db.close()
         payloads = [event_payload(event) for event in tx.outbox]
         self.fanout.publish_many([(payload["run_id"], payload) for payload in payloads])
         for payload in payloads:

@@ -1,6 +1,7 @@
 """A run's records as the steps read and write them: step rows, leases, the thread.
 
-Plain functions over an open session or transaction; `tasks.steps` composes them.
+Plain functions over a transaction (`Tx`) or its connection (`Db`); `tasks.steps`
+composes them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy import bindparam
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -26,7 +27,7 @@ from storage import TERMINAL, ThreadMessage, Tx
 from storage.events import STEP_SKIPPED
 from storage.models import aware, utcnow
 from storage.rows import RunRow, StepRow, lock_run_and_steps, steps_of
-from storage.store import insert_later
+from storage.store import Db, insert_later
 from tasks import loop
 from tasks.runs import finish, locked_run
 
@@ -78,7 +79,7 @@ class Where:
     queue: str | None = None
 
 
-def locked_step(db: Session, run_id: str, number: int) -> tuple[RunRow, StepRow]:
+def locked_step(db: Db, run_id: str, number: int) -> tuple[RunRow, StepRow]:
     """The run and its step `number`, both rows locked for this transaction and read
     fresh, in one statement; `RunNotFound` or `LookupError` if either is absent."""
     found = lock_run_and_steps(db, run_id, number)
@@ -87,7 +88,7 @@ def locked_step(db: Session, run_id: str, number: int) -> tuple[RunRow, StepRow]
     return locked_run(db, run_id), step_of(db, run_id, number)
 
 
-def locked_run_steps(db: Session, run_id: str, number: int) -> tuple[RunRow, list[StepRow]]:
+def locked_run_steps(db: Db, run_id: str, number: int) -> tuple[RunRow, list[StepRow]]:
     """The run and every step of it, in order, all rows locked and read fresh, in one
     statement: one read serves all of model step `number`'s decisions. `RunNotFound`
     if there is no such run.
@@ -114,7 +115,7 @@ _HISTORY = (
 )
 
 
-def step_of(db: Session, run_id: str, number: int) -> StepRow:
+def step_of(db: Db, run_id: str, number: int) -> StepRow:
     """Step `number` of the run; `LookupError` if there is none."""
     found = steps_of(db, run_id, [number])
     if not found:
@@ -206,13 +207,13 @@ def invalid_streak(steps: list[StepRow]) -> tuple[int, str]:
     return loop.invalid_streak(rounds), last_error
 
 
-def thread_history(db: Session, thread_id: str) -> tuple[Message, ...]:
+def thread_history(db: Db, thread_id: str) -> tuple[Message, ...]:
     """The thread's stored messages, oldest first, as the model reads them."""
-    rows = db.exec(_HISTORY, params={"thread_id": thread_id})
-    return tuple(message_from_json({"role": role, "parts": parts}) for role, parts in rows)
+    rows = db.execute(_HISTORY, {"thread_id": thread_id})
+    return tuple(message_from_json({"role": row.role, "parts": row.parts}) for row in rows)
 
 
-def append(db: Session, run: RunRow, message: Message) -> None:
+def append(db: Db, run: RunRow, message: Message) -> None:
     """Add a message at the end of the run's thread (its INSERT waits for the
     transaction's other writes: `insert_later`)."""
     row = {
@@ -225,7 +226,7 @@ def append(db: Session, run: RunRow, message: Message) -> None:
     insert_later(db, "message", row)
 
 
-def add_steps(db: Session, run_id: str, steps: list[tuple[int, ToolCall | None]]) -> None:
+def add_steps(db: Db, run_id: str, steps: list[tuple[int, ToolCall | None]]) -> None:
     """Insert pending steps, with the transaction's other writes (`insert_later`):
     (number, None) is a model step, (number, call) a tool step."""
     now = utcnow()

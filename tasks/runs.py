@@ -10,13 +10,13 @@ from datetime import datetime
 from typing import Any, TypeGuard
 
 from sqlalchemy import bindparam
-from sqlmodel import Session, col, delete, select
+from sqlmodel import col, delete, select
 
 from storage import TERMINAL, Run, Thread, Tx
 from storage.events import EVENT_FOR_STATUS, RUN_CANCEL_REQUESTED, RUN_QUEUED
 from storage.models import utcnow
 from storage.rows import RunRow, hold, lock_run, row_of
-from storage.store import insert_new
+from storage.store import Db, insert_new
 from tasks.agents import Agents
 from tasks.errors import InvalidInput, NotYours, RunNotFound
 from tasks.runtime import Runtime
@@ -171,7 +171,7 @@ def _take_thread(tx: Tx, thread_id: str, owner: str | None) -> None:
     """Lock the thread's row, or insert it, so that two starts on one thread take turns;
     `NotYours` if it is another owner's, `InvalidInput` if a run on it is in progress."""
     while True:
-        thread = tx.db.exec(_LOCK_THREAD, params={"thread_id": thread_id}).first()
+        thread = tx.db.execute(_LOCK_THREAD, {"thread_id": thread_id}).first()
         if thread is not None:
             break
         if insert_new(tx.db, Thread(id=thread_id, owner=owner)):
@@ -179,7 +179,7 @@ def _take_thread(tx: Tx, thread_id: str, owner: str | None) -> None:
         # Another start made it meanwhile (Postgres waited for its commit): lock it.
     if thread.owner != owner:
         raise NotYours(f"thread {thread_id!r} belongs to another owner")
-    active = tx.db.exec(_ACTIVE_RUN, params={"thread_id": thread_id}).first()
+    active = tx.db.execute(_ACTIVE_RUN, {"thread_id": thread_id}).scalar()
     if active is not None:
         raise InvalidInput(
             f"thread {thread_id!r} has a run in progress ({active}): "
@@ -187,9 +187,15 @@ def _take_thread(tx: Tx, thread_id: str, owner: str | None) -> None:
         )
 
 
-_LOCK_THREAD = select(Thread).where(col(Thread.id) == bindparam("thread_id")).with_for_update()
-_ACTIVE_RUN = select(Run.id).where(
+_LOCK_THREAD = (
+    select(col(Thread.owner)).where(col(Thread.id) == bindparam("thread_id")).with_for_update()
+)
+_ACTIVE_RUN = select(col(Run.id)).where(
     col(Run.thread_id) == bindparam("thread_id"), col(Run.status).not_in(TERMINAL)
+)
+_RUN_BY_ID = select(col(Run.id), col(Run.owner)).where(col(Run.id) == bindparam("run_id"))
+_RUN_BY_KEY = select(col(Run.id), col(Run.owner)).where(
+    col(Run.idempotency_key) == bindparam("key")
 )
 
 
@@ -228,19 +234,20 @@ def _record_alone(tx: Tx, new: NewRun) -> bool:
     return False
 
 
-def _existing(db: Session, new: NewRun) -> str | None:
-    run = db.get(Run, new.run_id)
+def _existing(db: Db, new: NewRun) -> str | None:
+    run = db.execute(_RUN_BY_ID, {"run_id": new.run_id}).first()
     if run is None and new.idempotency_key is not None:
-        run = db.exec(select(Run).where(Run.idempotency_key == new.idempotency_key)).first()
+        run = db.execute(_RUN_BY_KEY, {"key": new.idempotency_key}).first()
     if run is None:
         return None
     if run.owner != new.owner:
         what = "run id" if run.id == new.run_id else "idempotency key"
         raise NotYours(f"that {what} is taken by a run of another owner")
-    return run.id
+    found: str = run.id
+    return found
 
 
-def locked_run(db: Session, run_id: str) -> RunRow:
+def locked_run(db: Db, run_id: str) -> RunRow:
     """The run, with its row locked for this transaction; `RunNotFound` if there is none."""
     run = lock_run(db, run_id)
     if run is None:

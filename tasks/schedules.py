@@ -26,10 +26,11 @@ from typing import Any, Literal
 from celery.schedules import crontab
 from celery.schedules import schedule as interval
 from sqlalchemy import text
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from storage import TERMINAL, Run, ScheduleTick
 from storage.models import utcnow
+from storage.store import Db
 from tasks import runs
 from tasks.errors import ConfigError, UnknownAgent
 from tasks.runtime import Runtime
@@ -213,11 +214,11 @@ def fire(rt: Runtime, schedule: Schedule, tick: datetime) -> Fired:
     """Record the tick and apply the overlap policy, in one transaction."""
     with rt.store.transaction() as tx:
         _lock(tx.db, schedule.name)
-        if tx.db.get(ScheduleTick, (schedule.name, tick)) is not None:
+        if tx.db.orm.get(ScheduleTick, (schedule.name, tick)) is not None:
             return Fired("duplicate")
         earlier = _unfinished(tx.db, schedule.name)
         if earlier and schedule.overlap == "skip":
-            tx.db.add(ScheduleTick(schedule=schedule.name, tick=tick, outcome="skipped"))
+            tx.db.orm.add(ScheduleTick(schedule=schedule.name, tick=tick, outcome="skipped"))
             return Fired("skipped", behind=tuple(earlier))
         if schedule.overlap == "cancel_previous":
             for run_id in earlier:
@@ -236,18 +237,19 @@ def fire(rt: Runtime, schedule: Schedule, tick: datetime) -> Fired:
             return Fired("duplicate", run_id)
         # A `queued` run waits for the earlier ones when it starts (`waiting_behind`).
         outcome = "queued" if schedule.overlap == "queue" and earlier else "started"
-        tx.db.add(ScheduleTick(schedule=schedule.name, tick=tick, outcome=outcome, run_id=run_id))
+        tick_row = ScheduleTick(schedule=schedule.name, tick=tick, outcome=outcome, run_id=run_id)
+        tx.db.orm.add(tick_row)
     return Fired(outcome, run_id, tuple(earlier))
 
 
-def _lock(db: Session, name: str) -> None:
+def _lock(db: Db, name: str) -> None:
     """Take turns per schedule: two ticks of one schedule never decide at once."""
-    if db.get_bind().dialect.name == "postgresql":
+    if db.dialect == "postgresql":
         key = ENTRY_PREFIX + name
         db.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
 
 
-def _unfinished(db: Session, name: str, before: datetime | None = None) -> list[str]:
+def _unfinished(db: Db, name: str, before: datetime | None = None) -> list[str]:
     """The unfinished runs the schedule started, oldest tick first (ticks before `before`)."""
     query = (
         select(Run.id)
@@ -257,7 +259,7 @@ def _unfinished(db: Session, name: str, before: datetime | None = None) -> list[
     )
     if before is not None:
         query = query.where(col(ScheduleTick.tick) < before)
-    return list(db.exec(query).all())
+    return list(db.execute(query).scalars())
 
 
 def waiting_behind(rt: Runtime, run_id: str) -> str | None:

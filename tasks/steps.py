@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from providers.errors import Fatal, Retryable
 from providers.types import (
@@ -37,7 +37,7 @@ from storage.events import (
 )
 from storage.models import utcnow
 from storage.rows import RunRow, StepRow, steps_of
-from storage.store import live_payload
+from storage.store import Db, live_payload
 from tasks import loop
 from tasks.agents import Agent
 from tasks.errors import StepFailed, UnknownAgent
@@ -300,7 +300,7 @@ def finish_run(rt: Runtime, run_id: str) -> None:
         run = locked_run(tx.db, run_id)
         if run.status in TERMINAL or stopped(tx, run, None):
             return
-        last = tx.db.exec(
+        last = tx.db.orm.exec(
             select(Step)
             .where(Step.run_id == run_id, Step.kind == "model", Step.status == "succeeded")
             .order_by(col(Step.number).desc())
@@ -335,7 +335,7 @@ def fail_run(rt: Runtime, run_id: str, reason: str, number: int | None = None) -
         finish(tx, run, "failed", reason=reason)
 
 
-def _continuation(rt: Runtime, db: Session, run: RunRow, step: StepRow) -> Next:
+def _continuation(rt: Runtime, db: Db, run: RunRow, step: StepRow) -> Next:
     """What a finished model step scheduled, for a redelivered copy of it.
 
     Re-dispatch only when nothing after the step has started: then the original

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from storage import TERMINAL, Run, Tx
 from storage.events import MODEL_RETRYING, RUN_RESUMED, STEP_SKIPPED
 from storage.models import Event, aware, utcnow
 from storage.rows import RunRow, StepRow, steps_of
+from storage.store import Db
 from tasks.agents import Agent
 from tasks.errors import UnknownAgent
 from tasks.records import NOTHING, Next, end_step
@@ -115,10 +116,13 @@ def _agent(rt: Runtime, name: str) -> Agent | None:
         return None
 
 
-def _countdown(db: Session, run: RunRow) -> float:
+def _countdown(db: Db, run: RunRow) -> float:
     """A model step waiting out a retry countdown is not stalled until it has passed."""
-    last = db.exec(
-        select(Event).where(Event.run_id == run.id).order_by(col(Event.seq).desc())
+    last = db.execute(
+        select(col(Event.type), col(Event.data))
+        .where(Event.run_id == run.id)
+        .order_by(col(Event.seq).desc())
+        .limit(1)
     ).first()
     if last is None or last.type != MODEL_RETRYING:
         return 0.0

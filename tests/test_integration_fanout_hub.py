@@ -99,10 +99,10 @@ def emit(store: Store, run_id: str, kind: str, step: int | None = None) -> int:
     """Commit one event (ending the run if it is terminal), then publish it; its seq."""
     with store.transaction() as tx:
         if kind == RUN_SUCCEEDED:
-            run = tx.db.get(Run, run_id)
+            run = tx.db.orm.get(Run, run_id)
             assert run is not None
             run.status = "succeeded"
-            tx.db.add(run)
+            tx.db.orm.add(run)
         return tx.emit(run_id, kind, {}, step).seq
 
 

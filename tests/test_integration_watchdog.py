@@ -48,7 +48,7 @@ def _running(rt: Runtime, *, deadline_in: timedelta, quiet_for: timedelta) -> st
             progressed_at=now - quiet_for,
         )
         append(tx.db, run, Message.text("user", run.input))
-        tx.db.add(Step(run_id=run_id, number=1, kind="model"))
+        tx.db.orm.add(Step(run_id=run_id, number=1, kind="model"))
     return run_id
 
 
@@ -113,9 +113,9 @@ def test_a_run_whose_step_holds_an_unexpired_lease_is_left_alone(
     rt = current_runtime()
     run_id = _running(rt, deadline_in=-HOUR, quiet_for=HOUR)
     with rt.store.transaction() as tx:
-        step = tx.db.exec(select(Step).where(Step.run_id == run_id)).one()
+        step = tx.db.orm.exec(select(Step).where(Step.run_id == run_id)).one()
         step.status, step.lease_until = "running", utcnow() + HOUR
-        tx.db.add(step)
+        tx.db.orm.add(step)
 
     assert watchdog.sweep(rt) == []
 

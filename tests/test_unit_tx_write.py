@@ -126,7 +126,7 @@ def test_a_read_after_a_write_sees_it(store):
         run = lock_run(tx.db, run_id)
         assert run is not None
         tx.write(run, status="running", error="written before the read")
-        found = tx.db.exec(select(Run.status, Run.error).where(Run.id == run_id)).one()
+        found = tx.db.execute(select(Run.status, Run.error).where(Run.id == run_id)).one()
         assert tuple(found) == ("running", "written before the read")
         again = lock_run(tx.db, run_id)  # read fresh: it must not lose the write
         assert again is not None and again.status == "running"
@@ -173,18 +173,28 @@ def test_rows_inserted_later_are_read_back_in_their_transaction(store):
         assert [m.role for m in thread_history(tx.db, run_id)] == ["user"]
 
 
-def test_a_threads_history_is_read_as_messages_without_loading_its_rows_as_objects(store):
+def test_a_steps_reads_and_writes_begin_no_orm_session(store):
     run_id = new_run(store, status="running")
     said = (Message.text("user", "two keys?"), Message.text("assistant", "one moment"))
-    with store.transaction() as tx:
-        run = lock_run(tx.db, run_id)
-        assert run is not None
-        for message in said:
-            append(tx.db, run, message)
-    with store.transaction() as tx:
-        assert thread_history(tx.db, run_id) == said
-        loaded = [o for o in tx.db.identity_map.values() if isinstance(o, ThreadMessage)]
-        assert loaded == []
+    begun: list[Session] = []
+    listener = lambda session, *_: begun.append(session)  # noqa: E731
+    event.listen(Session, "after_begin", listener)
+    try:
+        with store.transaction() as tx:
+            run = lock_run(tx.db, run_id)
+            assert run is not None
+            for message in said:
+                append(tx.db, run, message)
+            add_steps(tx.db, run_id, [(1, None)])
+            tx.write(run, status="running")
+            tx.emit(run_id, "run.started", {})
+        with store.transaction() as tx:
+            found = lock_run_and_steps(tx.db, run_id)
+            assert found is not None and [s.number for s in found[1]] == [1]
+            assert thread_history(tx.db, run_id) == said
+    finally:
+        event.remove(Session, "after_begin", listener)
+    assert begun == []
 
 
 def test_messages_appended_in_one_transaction_take_positions_in_turn(store):
