@@ -10,6 +10,23 @@ from typing import Any, Generic, Protocol, TypeVar
 from providers.errors import Fatal
 from providers.types import ModelRequest, ModelResponse, OnDelta
 
+# Connections an SDK client (one per process, base URL and key) may hold open, and keep
+# open between calls: the SDKs' own limit is 1,000, but they keep only 100 between calls.
+# A worker with more calls in flight than that (`-P threads -c 250`, gevent) closed the
+# rest after each call and opened them again: a TCP and TLS handshake per call. An idle
+# connection still closes after the SDKs' 5 seconds.
+MAX_CONNECTIONS = 1000
+KEEPALIVE_EXPIRY = 5.0
+
+
+def connection_limits(http: Any) -> Any:
+    """The `Limits` above, of `http` (the SDK's HTTP library: httpx or httpx2)."""
+    return http.Limits(
+        max_connections=MAX_CONNECTIONS,
+        max_keepalive_connections=MAX_CONNECTIONS,
+        keepalive_expiry=KEEPALIVE_EXPIRY,
+    )
+
 
 class Provider(Protocol):
     """One model API. Implementations are thread-safe and hold their SDK client."""

@@ -29,7 +29,7 @@ import openai
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion
 
-from providers.base import Clients, split_model, sse_events
+from providers.base import Clients, connection_limits, split_model, sse_events
 from providers.errors import ContextLengthExceeded, Fatal, ProviderError, Retryable, retry_after
 from providers.types import (
     Delta,
@@ -444,9 +444,17 @@ class OpenAIProvider:
 
 def stream_chunks(response: Any) -> Iterator[dict[str, Any]]:
     """The JSON of each chunk of a raw streamed response (the SDK's `APIResponse`), up
-    to `[DONE]`."""
-    for _, data in sse_events(response.iter_lines()):
+    to `[DONE]`.
+
+    The body is read to its end past `[DONE]`: on HTTP/1.1 a connection whose response
+    was not read to its end is closed rather than reused, and every streamed call would
+    open a new one (a TCP and a TLS handshake). The server ends the body right after.
+    """
+    events = sse_events(response.iter_lines())
+    for _, data in events:
         if data.startswith("[DONE]"):
+            for _ in events:  # the rest of the body: nothing but its end
+                pass
             return
         yield chunk_json(data, response.http_request)
 
@@ -464,12 +472,14 @@ def chunk_json(data: str, request: Any) -> dict[str, Any]:
 
 
 def make_client(base_url: str | None, api_key: str) -> openai.OpenAI:
-    """An SDK client with its retries off; the timeout goes on every request too."""
+    """An SDK client with its retries off, keeping its connections open (`connection_limits`);
+    the timeout goes on every request too."""
     return openai.OpenAI(
         api_key=api_key,
         base_url=base_url,
         max_retries=0,  # the Celery task retries, visibly
         timeout=openai.Timeout(DEFAULT_TIMEOUT, connect=CONNECT_TIMEOUT),
+        http_client=openai.DefaultHttpxClient(limits=connection_limits(HTTP)),
     )
 
 

@@ -187,6 +187,7 @@ class Turn:
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    gate: threading.Event | None = None  # answer once the test opens it (10 s at most)
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ class Recorded:
     headers: dict[str, str]
     body: Any
     raw: bytes
+    peer: tuple[str, int] | None = None  # the client's end of the connection
 
 
 # --- the server ------------------------------------------------------------------------
@@ -282,6 +284,8 @@ def serve() -> Iterator[FakeAnthropic]:
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # many clients may connect at once
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):  # a client hanging up is fine
             super().handle_error(request, client_address)
@@ -301,7 +305,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         headers = {k.lower(): v for k, v in self.headers.items()}
-        reply = self.fake._take(Recorded("POST", self.path, headers, body, raw))
+        recorded = Recorded("POST", self.path, headers, body, raw, self.client_address[:2])
+        reply = self.fake._take(recorded)
         problem = _check(self.path, headers, body)
         if problem is not None:
             status, kind, text_ = problem
@@ -315,6 +320,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._sse(reply.events, reply.headers)
         else:
             time.sleep(reply.delay)
+            if reply.gate is not None:
+                reply.gate.wait(10)
             if body.get("stream"):
                 self._sse(stream_events(reply.body), reply.headers)
             else:

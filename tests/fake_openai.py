@@ -39,6 +39,7 @@ class Received:
     path: str
     headers: dict[str, str]  # lower-case names
     body: Any
+    peer: tuple[str, int] | None = None  # the client's end of the connection
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,16 @@ class Hang:
     then: Completion | Stream | Error
 
 
-Reply = Completion | Stream | Error | Hang
+@dataclass(frozen=True)
+class Gated:
+    """Wait until the test opens `gate` before answering with `then`: for calls that
+    must all be in flight at once."""
+
+    gate: threading.Event
+    then: Completion | Stream | Error
+
+
+Reply = Completion | Stream | Error | Hang | Gated
 
 
 # --- building wire objects ----------------------------------------------------------------------
@@ -272,6 +282,8 @@ class FakeOpenAI:
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # many clients may connect at once
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that timed out or hung up early is expected in tests, not noise.
         if not isinstance(sys.exc_info()[1], ConnectionError):
@@ -298,10 +310,13 @@ def _handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             if self.path.rstrip("/") != "/v1/chat/completions":
                 self._not_found()
                 return
-            received = Received("POST", self.path, headers, body)
+            received = Received("POST", self.path, headers, body, self.client_address[:2])
             reply, request_id = server._take(received, _invalid(body))
             if isinstance(reply, Hang):
                 time.sleep(reply.seconds)
+                reply = reply.then
+            elif isinstance(reply, Gated):
+                reply.gate.wait(10)
                 reply = reply.then
             if isinstance(reply, Error):
                 self._json(reply.status, reply.body, request_id, reply.headers)

@@ -361,9 +361,8 @@ def _handler(server: FakeOpenAIResponses) -> type[BaseHTTPRequestHandler]:
             if self.path.rstrip("/") != "/v1/responses":
                 self._not_found()
                 return
-            received = Received(
-                "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body
-            )
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            received = Received("POST", self.path, headers, body, self.client_address[:2])
             problem = _invalid(body)
             reply, request_id = server._take(received, problem and problem.message)
             if problem is not None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -332,6 +334,36 @@ def test_settings_base_url_and_api_key_env_win_over_the_environment(
     assert response.message.joined_text == "ok"
     headers = fake.requests[0].headers
     assert "sk-ant-forecast" in headers.get("x-api-key", headers.get("authorization", ""))
+
+
+def test_the_connections_of_more_calls_in_flight_than_the_sdk_keeps_stay_open_for_the_next(
+    fake: FakeAnthropic,
+) -> None:
+    provider, calls = AnthropicProvider(), 120  # the SDK's own client keeps 100 between calls
+    for wave in (1, 2):
+        gate = threading.Event()
+        fake.script(*(Turn(message(text(f"answer {i}")), gate=gate) for i in range(calls)))
+        with ThreadPoolExecutor(calls) as pool:
+            answers = [pool.submit(provider.complete, request()) for _ in range(calls)]
+            deadline = time.monotonic() + 10
+            while len(fake.requests) < wave * calls and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(fake.requests) == wave * calls  # every call in flight at once
+            gate.set()
+            assert sorted(a.result(10).message.joined_text for a in answers) == sorted(
+                f"answer {i}" for i in range(calls)
+            )
+
+    assert len({r.peer for r in fake.requests}) == calls
+
+
+def test_streamed_calls_one_after_another_reuse_one_connection(fake: FakeAnthropic) -> None:
+    provider = AnthropicProvider()
+    for n in range(3):
+        fake.script(Turn(message(text(f"answer {n}"))))
+        assert provider.complete(request(), sink()).message.joined_text == f"answer {n}"
+
+    assert len({r.peer for r in fake.requests}) == 1
 
 
 def test_one_client_serves_each_base_url_and_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from typing import Any
 
@@ -504,6 +505,40 @@ def test_one_client_is_reused_across_calls_and_threads(
     monkeypatch.setenv("OTHER_KEY", "sk-other")
     assert provider.client({"api_key_env": "OTHER_KEY"}) is not clients[0]
     assert provider.client({"base_url": "http://127.0.0.1:9/v1"}) is not clients[0]
+
+
+def test_the_connections_of_more_calls_in_flight_than_the_sdk_keeps_stay_open_for_the_next(
+    server: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    calls = 120  # the SDK's own client keeps 100 connections between calls
+    for wave in (1, 2):
+        gate = threading.Event()
+        server.reply(*(wire.Gated(gate, wire.completion(f"answer {i}")) for i in range(calls)))
+        with ThreadPoolExecutor(calls) as pool:
+            answers = [pool.submit(provider.complete, ask()) for _ in range(calls)]
+            deadline = time.monotonic() + 10
+            while len(server.requests) < wave * calls and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(server.requests) == wave * calls  # every call in flight at once
+            gate.set()
+            assert sorted(a.result(10).message.joined_text for a in answers) == sorted(
+                f"answer {i}" for i in range(calls)
+            )
+
+    assert len({r.peer for r in server.requests}) == calls
+
+
+def test_streamed_calls_one_after_another_reuse_one_connection(
+    server: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    for n in range(3):
+        server.reply(wire.Stream(wire.text_deltas(f"answer {n}"), usage=wire.token_usage()))
+        response, _ = streamed(provider, ask())
+        assert response.message.joined_text == f"answer {n}"
+    server.reply(wire.completion("plain"))
+    assert provider.complete(ask()).message.joined_text == "plain"
+
+    assert len({r.peer for r in server.requests}) == 1
 
 
 def test_sdk_retries_are_off_on_the_client(provider: OpenAIProvider) -> None:

@@ -475,6 +475,17 @@ def test_one_client_with_sdk_retries_off_is_reused(provider: OpenAIResponsesProv
     assert provider.client({}) is sdk
 
 
+def test_streamed_calls_one_after_another_reuse_one_connection(
+    server: FakeOpenAIResponses, provider: OpenAIResponsesProvider
+) -> None:
+    for n in range(3):
+        server.reply(wire.text_answer(f"answer {n}"))
+        response, _ = streamed(provider, ask())
+        assert response.message.joined_text == f"answer {n}"
+
+    assert len({r.peer for r in server.requests}) == 1
+
+
 # --- end to end through the embedded runtime --------------------------------------------------
 
 
