@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -45,6 +43,7 @@ from tests.fake_anthropic import (
     tool_use,
     usage,
 )
+from tests.in_flight import all_in_flight
 
 WEATHER = ToolSpec(
     "weather",
@@ -340,19 +339,14 @@ def test_the_connections_of_more_calls_in_flight_than_the_sdk_keeps_stay_open_fo
     fake: FakeAnthropic,
 ) -> None:
     provider, calls = AnthropicProvider(), 120  # the SDK's own client keeps 100 between calls
-    for wave in (1, 2):
+    for _ in range(2):
         gate = threading.Event()
         fake.script(*(Turn(message(text(f"answer {i}")), gate=gate) for i in range(calls)))
-        with ThreadPoolExecutor(calls) as pool:
-            answers = [pool.submit(provider.complete, request()) for _ in range(calls)]
-            deadline = time.monotonic() + 10
-            while len(fake.requests) < wave * calls and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert len(fake.requests) == wave * calls  # every call in flight at once
-            gate.set()
-            assert sorted(a.result(10).message.joined_text for a in answers) == sorted(
-                f"answer {i}" for i in range(calls)
-            )
+        answers = all_in_flight(
+            calls, lambda: provider.complete(request()), lambda: len(fake.requests), gate
+        )
+        texts = sorted(a.message.joined_text for a in answers)
+        assert texts == sorted(f"answer {i}" for i in range(calls))
 
     assert len({r.peer for r in fake.requests}) == calls
 

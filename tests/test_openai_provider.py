@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from typing import Any
 
@@ -32,6 +31,7 @@ from providers.types import (
 from tasks import Agent, client, tool
 from tests import fake_openai as wire
 from tests.fake_openai import FakeOpenAI
+from tests.in_flight import all_in_flight
 
 API_KEY = "sk-test-not-a-real-key"
 ADD_SPEC = ToolSpec(
@@ -511,19 +511,14 @@ def test_the_connections_of_more_calls_in_flight_than_the_sdk_keeps_stay_open_fo
     server: FakeOpenAI, provider: OpenAIProvider
 ) -> None:
     calls = 120  # the SDK's own client keeps 100 connections between calls
-    for wave in (1, 2):
+    for _ in range(2):
         gate = threading.Event()
         server.reply(*(wire.Gated(gate, wire.completion(f"answer {i}")) for i in range(calls)))
-        with ThreadPoolExecutor(calls) as pool:
-            answers = [pool.submit(provider.complete, ask()) for _ in range(calls)]
-            deadline = time.monotonic() + 10
-            while len(server.requests) < wave * calls and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert len(server.requests) == wave * calls  # every call in flight at once
-            gate.set()
-            assert sorted(a.result(10).message.joined_text for a in answers) == sorted(
-                f"answer {i}" for i in range(calls)
-            )
+        answers = all_in_flight(
+            calls, lambda: provider.complete(ask()), lambda: len(server.requests), gate
+        )
+        texts = sorted(a.message.joined_text for a in answers)
+        assert texts == sorted(f"answer {i}" for i in range(calls))
 
     assert len({r.peer for r in server.requests}) == calls
 
