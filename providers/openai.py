@@ -21,7 +21,7 @@ import importlib
 import json
 import math
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -448,13 +448,15 @@ def stream_chunks(response: Any) -> Iterator[dict[str, Any]]:
 
     The body is read to its end past `[DONE]`: on HTTP/1.1 a connection whose response
     was not read to its end is closed rather than reused, and every streamed call would
-    open a new one (a TCP and a TLS handshake). The server ends the body right after.
+    open a new one (a TCP and a TLS handshake). The server ends the body right after;
+    if the connection fails instead, the answer is whole all the same.
     """
     events = sse_events(response.iter_lines())
     for _, data in events:
         if data.startswith("[DONE]"):
-            for _ in events:  # the rest of the body: nothing but its end
-                pass
+            with suppress(_TRANSPORT_ERROR):
+                for _ in events:  # the rest of the body: nothing but its end
+                    pass
             return
         yield chunk_json(data, response.http_request)
 

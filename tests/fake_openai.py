@@ -56,6 +56,7 @@ class Stream:
 
     `error` is sent as an error event after the deltas (the stream then stops);
     `cut` closes the connection after the deltas, mid-body, with no finish;
+    `cut_after_done` closes it after `[DONE]`, before the body's end;
     `pace` is the wait in seconds between two of the stream's events, as a model's
     tokens come apart in time.
     """
@@ -68,6 +69,7 @@ class Stream:
     cut: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     pace: float = 0.0
+    cut_after_done: bool = False
 
 
 @dataclass(frozen=True)
@@ -367,7 +369,7 @@ def _handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 if reply.pace and n:
                     time.sleep(reply.pace)
                 self._chunk(f"data: {event}\n\n".encode())
-            if reply.cut:
+            if reply.cut or reply.cut_after_done:
                 self.close_connection = True
                 return  # no terminating chunk: the body is incomplete
             self._chunk(b"")

@@ -403,6 +403,17 @@ def test_a_stream_cut_off_mid_body_is_retryable(
         streamed(provider, ask())
 
 
+def test_a_stream_cut_off_after_done_still_answers(
+    server: FakeOpenAI, provider: OpenAIProvider
+) -> None:
+    server.reply(wire.Stream(wire.text_deltas("whole"), cut_after_done=True))
+
+    response, _ = streamed(provider, ask())
+
+    assert response.message.joined_text == "whole"
+    assert response.finish_reason == "stop"
+
+
 def test_connection_refused_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as probe:  # a port nobody listens on once it is closed
         probe.bind(("127.0.0.1", 0))
