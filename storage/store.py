@@ -278,7 +278,7 @@ class EventRecord(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Emitted:
-    """An event emitted in a transaction: the row `Tx.write_events` inserts."""
+    """An event emitted in a transaction (the row `Tx.write_events` inserts), or read back."""
 
     run_id: str
     seq: int
@@ -448,24 +448,25 @@ class Store:
 
     def model_history(self, run_id: str, upto: int) -> list[dict[str, Any]]:
         """The run's model.started, .completed and .retracted events with `seq <= upto`."""
-        with self.reading() as db:
-            rows = db.exec(
-                select(Event)
-                .where(
-                    Event.run_id == run_id,
-                    Event.seq <= upto,
-                    col(Event.type).in_(MODEL_HISTORY),
-                )
-                .order_by(col(Event.seq))
-            ).all()
-            return [event_payload(e) for e in rows]
+        return self._events(_MODEL_HISTORY, {"run_id": run_id, "upto": upto})
 
     def events_after(self, run_id: str, after: int) -> list[dict[str, Any]]:
         """The run's committed events with `seq > after`, in order."""
-        with self.reading() as db:
-            rows = db.exec(
-                select(Event)
-                .where(Event.run_id == run_id, Event.seq > after)
-                .order_by(col(Event.seq))
-            ).all()
-            return [event_payload(e) for e in rows]
+        return self._events(_EVENTS_AFTER, {"run_id": run_id, "after": after})
+
+    def _events(self, statement: Executable, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Events as payloads, read as rows: a follower catching up reads them often (twice
+        a second on the embedded default), and loading ORM objects cost more than reading."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement, params)
+            return [event_payload(Emitted(*row)) for row in rows]
+
+
+# The followers' reads, built once (building a statement costs a third of running it).
+_EVENT_ROWS = select(*(EVENTS.c[name] for name in EVENT_COLUMNS)).where(
+    EVENTS.c.run_id == bindparam("run_id")
+)
+_EVENTS_AFTER = _EVENT_ROWS.where(EVENTS.c.seq > bindparam("after")).order_by(EVENTS.c.seq)
+_MODEL_HISTORY = _EVENT_ROWS.where(
+    EVENTS.c.seq <= bindparam("upto"), EVENTS.c.type.in_(MODEL_HISTORY)
+).order_by(EVENTS.c.seq)
