@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -455,8 +456,7 @@ def stream_chunks(response: Any) -> Iterator[dict[str, Any]]:
     for _, data in events:
         if data.startswith("[DONE]"):
             with suppress(_TRANSPORT_ERROR):
-                for _ in events:  # the rest of the body: nothing but its end
-                    pass
+                deque(events, maxlen=0)  # read the rest of the body: nothing but its end
             return
         yield chunk_json(data, response.http_request)
 
