@@ -25,8 +25,6 @@ if TYPE_CHECKING:
 
 RUNS: Table = Run.__table__  # type: ignore[attr-defined]
 STEPS: Table = Step.__table__  # type: ignore[attr-defined]
-# Db.info key: the runs whose rows this transaction locked (or inserted).
-_HELD = "stepwise.held_runs"
 
 
 class _Row:
@@ -156,14 +154,13 @@ def hold(db: Db, run: RunRow) -> RunRow:
     Events of a held run take their numbers from the row in memory, and the counter
     is written with the run's other columns when the transaction ends (`Tx.write`).
     """
-    db.info.setdefault(_HELD, {})[run.id] = run
+    db.held[run.id] = run
     return run
 
 
 def held(db: Db, run_id: str) -> RunRow | None:
     """The run this transaction holds with that id, if it holds it."""
-    found: RunRow | None = db.info.get(_HELD, {}).get(run_id)
-    return found
+    return db.held.get(run_id)
 
 
 def _held_fresh(db: Db, run_id: str, names: Sequence[str], values: Sequence[Any]) -> RunRow:

@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 MODEL_HISTORY = (MODEL_STARTED, MODEL_COMPLETED, MODEL_RETRACTED)
 EVENTS = Event.__table__  # type: ignore[attr-defined]
 EVENT_COLUMNS = ("run_id", "seq", "type", "step", "data", "created_at")
-# Db.info key: what a transaction wrote that is not in the database yet (`_Unwritten`).
-_UNWRITTEN = "stepwise.unwritten_rows"
 # Session.info key of a transaction's ORM session: its `Db`.
 _DB = "stepwise.db"
 
@@ -117,9 +115,8 @@ class Db:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.dialect: str = connection.dialect.name
-        # What this transaction keeps beside the database: the runs it holds
-        # (`storage.rows.hold`) and the writes left for later (`insert_later`).
-        self.info: dict[str, Any] = {}
+        self.held: dict[str, RunRow] = {}  # the runs it holds, by id (`storage.rows.hold`)
+        self.unwritten: _Unwritten | None = None  # what waits to be written (`insert_later`)
         self._orm: Session | None = None
 
     def execute(self, statement: Executable, params: dict[str, Any] | None = None) -> Result[Any]:
@@ -127,9 +124,8 @@ class Db:
         what was left for later, so that whatever reads or updates the rows sees them;
         and any statement first writes what was added through `orm`, as its autoflush
         would."""
-        if self._orm is not None:
-            self._orm.flush()
-        if _UNWRITTEN in self.info and not statement.is_insert:
+        self.flush()
+        if self.unwritten is not None and not statement.is_insert:
             write_pending(self)
         return self.connection.execute(statement, params)
 
@@ -152,10 +148,9 @@ class Db:
 
 
 def _unwritten(db: Db) -> _Unwritten:
-    found: _Unwritten | None = db.info.get(_UNWRITTEN)
-    if found is None:
-        found = db.info[_UNWRITTEN] = _Unwritten()
-    return found
+    if db.unwritten is None:
+        db.unwritten = _Unwritten()
+    return db.unwritten
 
 
 def _set_later(db: Db, table: Table, key: Any, columns: dict[str, Any]) -> None:
@@ -204,7 +199,7 @@ def _statement(parts: tuple[Part, ...]) -> Any:
 def write_pending(db: Db) -> None:
     """Write what `insert_later` and `Tx.write` left for later: in one statement on
     Postgres, one statement each elsewhere."""
-    unwritten: _Unwritten | None = db.info.pop(_UNWRITTEN, None)
+    unwritten, db.unwritten = db.unwritten, None
     if unwritten is None:
         return
     parts: list[tuple[Part, dict[str, Any]]] = [
@@ -227,7 +222,7 @@ def _written_before_reading(state: ORMExecuteState) -> None:
     """What `Db.execute` does, for a transaction's ORM session (`Db.orm`): before any
     statement but an INSERT, write what was left for later."""
     db: Db | None = state.session.info.get(_DB)
-    if db is not None and not state.is_insert and _UNWRITTEN in db.info:
+    if db is not None and not state.is_insert and db.unwritten is not None:
         write_pending(db)
 
 
