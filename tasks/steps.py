@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlmodel import col, select
-
 from providers.errors import Fatal, Retryable
 from providers.types import (
     Delta,
@@ -25,7 +23,7 @@ from providers.types import (
     usage_from_json,
     usage_to_json,
 )
-from storage import TERMINAL, Step, Tx
+from storage import TERMINAL, Tx
 from storage.deltas import LiveDeltas
 from storage.events import (
     MODEL_COMPLETED,
@@ -300,11 +298,10 @@ def finish_run(rt: Runtime, run_id: str) -> None:
         run = locked_run(tx.db, run_id)
         if run.status in TERMINAL or stopped(tx, run, None):
             return
-        last = tx.db.orm.exec(
-            select(Step)
-            .where(Step.run_id == run_id, Step.kind == "model", Step.status == "succeeded")
-            .order_by(col(Step.number).desc())
-        ).first()
+        answered = [
+            s for s in steps_of(tx.db, run_id) if s.kind == "model" and s.status == "succeeded"
+        ]
+        last = answered[-1] if answered else None
         answer = (
             message_from_json(last.output["message"]).joined_text if last and last.output else ""
         )
@@ -329,7 +326,7 @@ def fail_run(rt: Runtime, run_id: str, reason: str, number: int | None = None) -
     """Fail a run (and its step) because a step cannot go on."""
     with rt.store.transaction() as tx:
         run = locked_run(tx.db, run_id)
-        for step in steps_of(tx.db, run_id, [] if number is None else [number]):
+        for step in [] if number is None else steps_of(tx.db, run_id, [number]):
             if step.status in ("pending", "running"):
                 end_step(tx, step, "failed", error=reason)
         finish(tx, run, "failed", reason=reason)
