@@ -1,8 +1,9 @@
 """The baseline the runtime is measured against: a bare Celery chain of no-op tasks.
 
 The same broker, the same settings (`celeryconfig`), the same pool as the Stepwise
-workers, on a queue of its own. Each hop appends the time it ran, so the chain's
-result holds the hand-off time of every hop.
+workers, on a queue of its own. Each task appends the time it ran, so a chain's
+result holds the hand-off time of every hop. `bench.run` times chains of two: every
+message of a chain carries the rest of it, and a step's carries one signature at most.
 
     celery -A bench.baseline worker -P gevent -c 100 -Q bench.baseline
 """

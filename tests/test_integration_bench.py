@@ -257,7 +257,7 @@ def test_every_scenario_runs_on_real_workers_and_every_run_succeeds(
 
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     figures = json.loads(output.read_text())
-    assert figures["baseline"]["hop_ms"]["n"] == 9
+    assert figures["baseline"]["hop_ms"]["n"] == 10  # a hop per chain of two
     assert figures["baseline"]["insert_commit_ms"]["n"] == 20
     assert figures["baseline"]["hop_cpu_ms"] > 0
     # start → 5 steps, the last of which ends the run: 5 gaps a run
