@@ -14,6 +14,11 @@ import os
 from tasks import Agent, tool
 
 
+# How long a tool's result is, in characters (STEPWISE_BENCH_TOOL_CHARS): a real tool's
+# (a web page, a file, a query's rows) is often several kilobytes.
+TOOL_CHARS = int(os.environ.get("STEPWISE_BENCH_TOOL_CHARS", "0"))
+
+
 @tool
 def lookup(key: str = "") -> str:
     """Return at once: a tool whose own time is nothing.
@@ -21,7 +26,8 @@ def lookup(key: str = "") -> str:
     Args:
         key: Ignored.
     """
-    return f"value of {key or 'nothing'}"
+    value = f"value of {key or 'nothing'}"
+    return value.ljust(TOOL_CHARS, ".")
 
 
 def _script(rounds: str) -> list[dict[str, object]]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from sqlalchemy import Column, Table, bindparam, inspect, select
+from sqlalchemy import Column, Table, bindparam, case, func, inspect, null, or_, select
 
 from storage.models import Run, Step
 
@@ -143,6 +143,39 @@ _LOCK_RUN_AND_STEPS = (
     .with_for_update()
 )
 _LOCK_RUN_AND_STEP = _LOCK_RUN_AND_STEPS.where(STEPS.c.number == bindparam("number"))
+# A model step decides on the outputs of its round: the model step before it (whose tool
+# calls the round answers) and the steps after that one. Of the earlier steps it needs
+# only their kinds and statuses, and which tool calls were invalid.
+_EARLIER = STEPS.alias("earlier")
+_ROUND_BEGINS = (
+    select(func.max(_EARLIER.c.number))
+    .where(
+        _EARLIER.c.run_id == bindparam("run_id"),
+        _EARLIER.c.kind == "model",
+        _EARLIER.c.number < bindparam("number"),
+    )
+    .scalar_subquery()
+)
+_ROUND_OUTPUT = case(
+    (
+        or_(
+            STEPS.c.number >= func.coalesce(_ROUND_BEGINS, 0),
+            STEPS.c.output["invalid"].as_boolean(),
+        ),
+        STEPS.c.output,
+    ),
+    else_=null(),
+).label("output")
+_LOCK_RUN_AND_ROUND = (
+    select(
+        *(_RUN[name] for name in _RUN_READ),
+        *(_ROUND_OUTPUT if name == "output" else column for name, column in _STEP.items()),
+    )
+    .select_from(RUNS.join(STEPS, STEPS.c.run_id == RUNS.c.id))
+    .where(RUNS.c.id == bindparam("run_id"))
+    .order_by(STEPS.c.number)
+    .with_for_update()
+)
 _STEPS = select(*_STEP.values()).where(STEPS.c.run_id == bindparam("run_id"))
 _ALL_STEPS = _STEPS.order_by(STEPS.c.number)
 _SOME_STEPS = _ALL_STEPS.where(STEPS.c.number.in_(bindparam("numbers", expanding=True)))
@@ -201,6 +234,21 @@ def lock_run_and_steps(
         found = db.execute(_LOCK_RUN_AND_STEPS, {"run_id": run_id}).all()
     else:
         found = db.execute(_LOCK_RUN_AND_STEP, {"run_id": run_id, "number": number}).all()
+    if not found:
+        return None
+    split = len(_RUN_READ)
+    run = _held_fresh(db, run_id, _RUN_READ, found[0][:split])
+    return run, [StepRow.of(_STEP_NAMES, row[split:]) for row in found]
+
+
+def lock_run_and_round(db: Db, run_id: str, number: int) -> tuple[RunRow, list[StepRow]] | None:
+    """The run and all its steps, as `lock_run_and_steps(db, run_id)` reads them, but
+    with a step's `output` only where model step `number` decides on it: from the model
+    step before `number` on, and an invalid tool call's. Any other step's `output` is
+    None. The outputs of a long run's earlier steps are most of what its steps hold
+    (every answer, every tool's result), and the thread's messages repeat them.
+    """
+    found = db.execute(_LOCK_RUN_AND_ROUND, {"run_id": run_id, "number": number}).all()
     if not found:
         return None
     split = len(_RUN_READ)

@@ -26,7 +26,7 @@ from providers.types import Message, ToolCall, ToolResult, message_from_json, me
 from storage import TERMINAL, ThreadMessage, Tx
 from storage.events import STEP_SKIPPED
 from storage.models import aware, utcnow
-from storage.rows import RunRow, StepRow, lock_run_and_steps, steps_of
+from storage.rows import RunRow, StepRow, lock_run_and_round, lock_run_and_steps, steps_of
 from storage.store import Db, insert_later
 from tasks import loop
 from tasks.runs import finish, locked_run
@@ -91,13 +91,14 @@ def locked_step(db: Db, run_id: str, number: int) -> tuple[RunRow, StepRow]:
 def locked_run_steps(db: Db, run_id: str, number: int) -> tuple[RunRow, list[StepRow]]:
     """The run and every step of it, in order, all rows locked and read fresh, in one
     statement: one read serves all of model step `number`'s decisions. `RunNotFound`
-    if there is no such run.
+    if there is no such run. An earlier round's outputs are left out, but for its
+    invalid tool calls' (`lock_run_and_round`).
 
     Rows inserted while the statement waited for the lock are not in its snapshot. If
     step `number` is missing for that reason, the steps are read again, now under the
     lock: the steps a decision reads are inserted together with it.
     """
-    found = lock_run_and_steps(db, run_id)
+    found = lock_run_and_round(db, run_id, number)
     if found is None:
         return locked_run(db, run_id), steps_of(db, run_id)
     run, steps = found

@@ -4,8 +4,16 @@ from dataclasses import fields
 
 from sqlalchemy import inspect
 
+from providers.types import ToolCall
 from storage import Run, Step
-from storage.rows import RunRow, StepRow, lock_run, lock_run_and_steps, steps_of
+from storage.rows import (
+    RunRow,
+    StepRow,
+    lock_run,
+    lock_run_and_round,
+    lock_run_and_steps,
+    steps_of,
+)
 from tasks.records import add_steps
 from tests.stores import new_run  # its `store` fixture comes through conftest
 
@@ -45,3 +53,26 @@ def test_steps_are_read_in_order_all_of_them_or_those_asked_for(store):
         assert [s.number for s in steps_of(tx.db, run_id)] == [1, 2, 3]
         assert [s.number for s in steps_of(tx.db, run_id, [3, 1])] == [1, 3]
         assert steps_of(tx.db, run_id, []) == []
+
+
+def test_a_model_step_reads_the_outputs_of_its_round_and_of_earlier_invalid_calls_only(store):
+    run_id = new_run(store, status="running")
+    call = ToolCall(id="c", name="add", arguments="{}")
+    outputs = {
+        1: {"message": "round 1"},
+        2: {"content": "bad arguments", "invalid": True},
+        3: {"content": "3", "invalid": False},
+        4: {"message": "round 2"},
+        5: {"content": "5", "invalid": False},
+    }
+    with store.transaction() as tx:
+        add_steps(tx.db, run_id, [(1, None), (2, call), (3, call), (4, None), (5, call), (6, None)])
+    with store.transaction() as tx:
+        for step in steps_of(tx.db, run_id, list(outputs)):
+            tx.write(step, status="succeeded", output=outputs[step.number])
+    with store.transaction() as tx:
+        found = lock_run_and_round(tx.db, run_id, 6)
+        assert found is not None
+        _, steps = found
+        assert [s.output for s in steps] == [None, outputs[2], None, outputs[4], outputs[5], None]
+        assert [s.status for s in steps] == ["succeeded"] * 5 + ["pending"]
