@@ -13,7 +13,6 @@ import os
 
 from tasks import Agent, tool
 
-
 # How long a tool's result is, in characters (STEPWISE_BENCH_TOOL_CHARS): a real tool's
 # (a web page, a file, a query's rows) is often several kilobytes.
 TOOL_CHARS = int(os.environ.get("STEPWISE_BENCH_TOOL_CHARS", "0"))
