@@ -218,6 +218,18 @@ def lock_run(db: Db, run_id: str) -> RunRow | None:
     return _held_fresh(db, run_id, _RUN_NAMES, found) if found is not None else None
 
 
+def _run_and_steps(
+    db: Db, run_id: str, found: Sequence[Sequence[Any]]
+) -> tuple[RunRow, list[StepRow]] | None:
+    """The held run and its steps from rows of the run's columns (`_RUN_READ`), then a
+    step's; None if there are none."""
+    if not found:
+        return None
+    split = len(_RUN_READ)
+    run = _held_fresh(db, run_id, _RUN_READ, found[0][:split])
+    return run, [StepRow.of(_STEP_NAMES, row[split:]) for row in found]
+
+
 def lock_run_and_steps(
     db: Db, run_id: str, number: int | None = None
 ) -> tuple[RunRow, list[StepRow]] | None:
@@ -234,11 +246,7 @@ def lock_run_and_steps(
         found = db.execute(_LOCK_RUN_AND_STEPS, {"run_id": run_id}).all()
     else:
         found = db.execute(_LOCK_RUN_AND_STEP, {"run_id": run_id, "number": number}).all()
-    if not found:
-        return None
-    split = len(_RUN_READ)
-    run = _held_fresh(db, run_id, _RUN_READ, found[0][:split])
-    return run, [StepRow.of(_STEP_NAMES, row[split:]) for row in found]
+    return _run_and_steps(db, run_id, found)
 
 
 def lock_run_and_round(db: Db, run_id: str, number: int) -> tuple[RunRow, list[StepRow]] | None:
@@ -249,11 +257,7 @@ def lock_run_and_round(db: Db, run_id: str, number: int) -> tuple[RunRow, list[S
     (every answer, every tool's result), and the thread's messages repeat them.
     """
     found = db.execute(_LOCK_RUN_AND_ROUND, {"run_id": run_id, "number": number}).all()
-    if not found:
-        return None
-    split = len(_RUN_READ)
-    run = _held_fresh(db, run_id, _RUN_READ, found[0][:split])
-    return run, [StepRow.of(_STEP_NAMES, row[split:]) for row in found]
+    return _run_and_steps(db, run_id, found)
 
 
 def steps_of(db: Db, run_id: str, numbers: Sequence[int] | None = None) -> list[StepRow]:
