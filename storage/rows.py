@@ -156,21 +156,27 @@ _ROUND_BEGINS = (
     )
     .scalar_subquery()
 )
-_ROUND_OUTPUT = case(
-    (
-        or_(
-            STEPS.c.number >= func.coalesce(_ROUND_BEGINS, 0),
-            STEPS.c.output["invalid"].as_boolean(),
-        ),
-        STEPS.c.output,
-    ),
-    else_=null(),
-).label("output")
+_IN_ROUND = STEPS.c.number >= func.coalesce(_ROUND_BEGINS, 0)
+_FIRST_STEP = (
+    select(func.min(_EARLIER.c.number))
+    .where(_EARLIER.c.run_id == bindparam("run_id"))
+    .scalar_subquery()
+)
+# Each JSON value costs a parse as the row is fetched: the round's outputs and usage, an
+# invalid call's output, and the run's usage on the first row only (the rest repeat it).
+_ROUND_READ = {
+    **{name: _RUN[name] for name in _RUN_READ},
+    "usage": case((STEPS.c.number == _FIRST_STEP, RUNS.c.usage), else_=null()).label("run_usage"),
+}
+_ROUND_STEP = {
+    **_STEP,
+    "output": case(
+        (or_(_IN_ROUND, STEPS.c.output["invalid"].as_boolean()), STEPS.c.output), else_=null()
+    ).label("output"),
+    "usage": case((_IN_ROUND, STEPS.c.usage), else_=null()).label("usage"),
+}
 _LOCK_RUN_AND_ROUND = (
-    select(
-        *(_RUN[name] for name in _RUN_READ),
-        *(_ROUND_OUTPUT if name == "output" else column for name, column in _STEP.items()),
-    )
+    select(*_ROUND_READ.values(), *_ROUND_STEP.values())
     .select_from(RUNS.join(STEPS, STEPS.c.run_id == RUNS.c.id))
     .where(RUNS.c.id == bindparam("run_id"))
     .order_by(STEPS.c.number)
@@ -253,8 +259,9 @@ def lock_run_and_round(db: Db, run_id: str, number: int) -> tuple[RunRow, list[S
     """The run and all its steps, as `lock_run_and_steps(db, run_id)` reads them, but
     with a step's `output` only where model step `number` decides on it: from the model
     step before `number` on, and an invalid tool call's. Any other step's `output` is
-    None. The outputs of a long run's earlier steps are most of what its steps hold
-    (every answer, every tool's result), and the thread's messages repeat them.
+    None, and so is its `usage` outside that round. The outputs of a long run's earlier
+    steps are most of what its steps hold (every answer, every tool's result), and the
+    thread's messages repeat them; and every JSON value read is parsed, however small.
     """
     found = db.execute(_LOCK_RUN_AND_ROUND, {"run_id": run_id, "number": number}).all()
     return _run_and_steps(db, run_id, found)

@@ -68,11 +68,17 @@ def test_a_model_step_reads_the_outputs_of_its_round_and_of_earlier_invalid_call
     with store.transaction() as tx:
         add_steps(tx.db, run_id, [(1, None), (2, call), (3, call), (4, None), (5, call), (6, None)])
     with store.transaction() as tx:
+        run = lock_run(tx.db, run_id)
+        assert run is not None
+        tx.write(run, usage={"input_tokens": 7})
         for step in steps_of(tx.db, run_id, list(outputs)):
-            tx.write(step, status="succeeded", output=outputs[step.number])
+            usage = {"input_tokens": step.number} if step.kind == "model" else None
+            tx.write(step, status="succeeded", output=outputs[step.number], usage=usage)
     with store.transaction() as tx:
         found = lock_run_and_round(tx.db, run_id, 6)
         assert found is not None
-        _, steps = found
+        run, steps = found
+        assert run.usage == {"input_tokens": 7}
         assert [s.output for s in steps] == [None, outputs[2], None, outputs[4], outputs[5], None]
+        assert [s.usage for s in steps] == [None, None, None, {"input_tokens": 4}, None, None]
         assert [s.status for s in steps] == ["succeeded"] * 5 + ["pending"]
