@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam
+from sqlalchemy import Text, bindparam, cast
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import col, select
@@ -22,7 +22,14 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from providers.types import Message, ToolCall, ToolResult, message_from_json, message_to_json
+from providers.types import (
+    Message,
+    ToolCall,
+    ToolResult,
+    message_from_json,
+    message_from_stored,
+    message_to_json,
+)
 from storage import TERMINAL, ThreadMessage, Tx
 from storage.events import STEP_SKIPPED
 from storage.models import aware, utcnow
@@ -108,9 +115,10 @@ def locked_run_steps(db: Db, run_id: str, number: int) -> tuple[RunRow, list[Ste
 
 
 # Columns, not ORM objects: a model step reads its whole conversation, and loading each
-# message as an object cost as much again as reading it (60 messages: 0.8 → 0.4 ms).
+# message as an object cost as much again as reading it (60 messages: 0.8 → 0.4 ms). The
+# parts come as JSON text, parsed once, by pydantic (`message_from_stored`).
 _HISTORY = (
-    select(col(ThreadMessage.role), col(ThreadMessage.parts))
+    select(col(ThreadMessage.role), cast(col(ThreadMessage.parts), Text).label("parts"))
     .where(col(ThreadMessage.thread_id) == bindparam("thread_id"))
     .order_by(col(ThreadMessage.position))
 )
@@ -211,7 +219,7 @@ def invalid_streak(steps: list[StepRow]) -> tuple[int, str]:
 def thread_history(db: Db, thread_id: str) -> tuple[Message, ...]:
     """The thread's stored messages, oldest first, as the model reads them."""
     rows = db.execute(_HISTORY, {"thread_id": thread_id})
-    return tuple(message_from_json({"role": row.role, "parts": row.parts}) for row in rows)
+    return tuple(message_from_stored(row.role, row.parts) for row in rows)
 
 
 def append(db: Db, run: RunRow, message: Message) -> None:

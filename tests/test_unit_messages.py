@@ -14,6 +14,7 @@ from providers.types import (
     ToolResult,
     Usage,
     message_from_json,
+    message_from_stored,
     message_to_json,
     usage_from_json,
     usage_to_json,
@@ -88,6 +89,23 @@ def test_message_from_json_fills_defaults_of_missing_optional_fields():
 def test_message_from_json_rejects_malformed_data(data):
     with pytest.raises(ValueError):
         message_from_json(data)
+
+
+@pytest.mark.parametrize("part", PARTS.values(), ids=PARTS.keys())
+def test_a_stored_message_is_read_back_from_its_role_and_the_json_text_of_its_parts(part):
+    message = Message("tool" if part.kind.startswith("tool_result") else "assistant", (part,))
+    parts = json.dumps(message_to_json(message)["parts"])
+    assert message_from_stored(message.role, parts) == message
+
+
+@pytest.mark.parametrize(
+    ("role", "parts"),
+    [("wizard", "[]"), ("user", '[{"text": "hi"}]'), ("user", "[{"), ('user", "x": "', "[]")],
+    ids=["unknown-role", "missing-kind", "not-json", "role-that-is-not-a-role"],
+)
+def test_a_stored_message_that_is_malformed_is_rejected(role, parts):
+    with pytest.raises(ValueError):
+        message_from_stored(role, parts)
 
 
 def test_messages_are_frozen():
