@@ -189,9 +189,9 @@ def message_from_stored(role: str, parts: str) -> Message:
     """A message from its role and the JSON text of its parts, as a thread stores them.
 
     Parsed and checked in one pass by pydantic's own JSON parser: a model step reads its
-    whole thread, and `json.loads` followed by `message_from_json` took half as long
-    again (a 62-message thread with 4,000-character tool results: 1.4-2.2 against
-    0.9-1.1 ms of CPU).
+    whole thread, and `json.loads` followed by `message_from_json` took longer (a
+    62-message thread with 4,000-character tool results: 1.2-1.3 against 0.9-1.1 ms of
+    CPU).
     """
     return _message.validate_json(f'{{"role":{json.dumps(role)},"parts":{parts}}}')
 
