@@ -135,14 +135,23 @@ _STEP_NAMES = tuple(_STEP)
 # Built once: every step locks its run, and building a statement costs as much as a
 # third of running it.
 _LOCK_RUN = select(*_RUN.values()).where(RUNS.c.id == bindparam("run_id")).with_for_update()
-_LOCK_RUN_AND_STEPS = (
-    select(*(_RUN[name] for name in _RUN_READ), *_STEP.values())
-    .select_from(RUNS.join(STEPS, STEPS.c.run_id == RUNS.c.id))
-    .where(RUNS.c.id == bindparam("run_id"))
-    .order_by(STEPS.c.number)
-    .with_for_update()
+
+
+def _locking(*columns: Any) -> Any:
+    """These columns of the run joined with its steps, in the steps' order, every row
+    locked: the run's first (the order of the FROM list)."""
+    return (
+        select(*columns)
+        .select_from(RUNS.join(STEPS, STEPS.c.run_id == RUNS.c.id))
+        .where(RUNS.c.id == bindparam("run_id"))
+        .order_by(STEPS.c.number)
+        .with_for_update()
+    )
+
+
+_LOCK_RUN_AND_STEP = _locking(*(_RUN[name] for name in _RUN_READ), *_STEP.values()).where(
+    STEPS.c.number == bindparam("number")
 )
-_LOCK_RUN_AND_STEP = _LOCK_RUN_AND_STEPS.where(STEPS.c.number == bindparam("number"))
 # A model step decides on the outputs of its round: the model step before it (whose tool
 # calls the round answers) and the steps after that one. Of the earlier steps it needs
 # only their kinds and statuses, and which tool calls were invalid.
@@ -175,13 +184,7 @@ _ROUND_STEP = {
     ).label("output"),
     "usage": case((_IN_ROUND, STEPS.c.usage), else_=null()).label("usage"),
 }
-_LOCK_RUN_AND_ROUND = (
-    select(*_ROUND_READ.values(), *_ROUND_STEP.values())
-    .select_from(RUNS.join(STEPS, STEPS.c.run_id == RUNS.c.id))
-    .where(RUNS.c.id == bindparam("run_id"))
-    .order_by(STEPS.c.number)
-    .with_for_update()
-)
+_LOCK_RUN_AND_ROUND = _locking(*_ROUND_READ.values(), *_ROUND_STEP.values())
 _STEPS = select(*_STEP.values()).where(STEPS.c.run_id == bindparam("run_id"))
 _ALL_STEPS = _STEPS.order_by(STEPS.c.number)
 _SOME_STEPS = _ALL_STEPS.where(STEPS.c.number.in_(bindparam("numbers", expanding=True)))
@@ -236,30 +239,26 @@ def _run_and_steps(
     return run, [StepRow.of(_STEP_NAMES, row[split:]) for row in found]
 
 
-def lock_run_and_steps(
-    db: Db, run_id: str, number: int | None = None
-) -> tuple[RunRow, list[StepRow]] | None:
-    """The run and its steps (or only step `number`), every row locked and read fresh,
-    in one round trip; None if the run or the step is absent, or the run has no steps.
-    A run not held before comes without the columns steps do not read (`STEP_UNREAD`).
+def lock_run_and_steps(db: Db, run_id: str, number: int) -> tuple[RunRow, list[StepRow]] | None:
+    """The run and its step `number` (the list's one step), both rows locked and read
+    fresh, in one round trip; None if the run or the step is absent. A run not held
+    before comes without the columns steps do not read (`STEP_UNREAD`).
 
     Postgres locks the rows in the order of the FROM list, the run's first, as every
     transaction that writes a step has. Locking the steps' rows as well is what keeps
     them fresh: a statement that waited for a lock returns the newest committed
     version of every row it locks, but the snapshot's version of any row it only reads.
     """
-    if number is None:
-        found = db.execute(_LOCK_RUN_AND_STEPS, {"run_id": run_id}).all()
-    else:
-        found = db.execute(_LOCK_RUN_AND_STEP, {"run_id": run_id, "number": number}).all()
+    found = db.execute(_LOCK_RUN_AND_STEP, {"run_id": run_id, "number": number}).all()
     return _run_and_steps(db, run_id, found)
 
 
 def lock_run_and_round(db: Db, run_id: str, number: int) -> tuple[RunRow, list[StepRow]] | None:
-    """The run and all its steps, as `lock_run_and_steps(db, run_id)` reads them, but
-    with a step's `output` only where model step `number` decides on it: from the model
-    step before `number` on, and an invalid tool call's. Any other step's `output` is
-    None, and so is its `usage` outside that round. The outputs of a long run's earlier
+    """The run and all its steps, in order, every row locked and read fresh in one round
+    trip (as `lock_run_and_steps` reads one), but with a step's `output` only where model
+    step `number` decides on it: from the model step before `number` on, and an invalid
+    tool call's. Any other step's `output` is None, and so is its `usage` outside that
+    round; None if the run is absent or has no steps. The outputs of a long run's earlier
     steps are most of what its steps hold (every answer, every tool's result), and the
     thread's messages repeat them; and every JSON value read is parsed, however small.
     """

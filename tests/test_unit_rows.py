@@ -11,7 +11,6 @@ from storage.rows import (
     StepRow,
     lock_run,
     lock_run_and_round,
-    lock_run_and_steps,
     steps_of,
 )
 from tasks.records import add_steps
@@ -37,7 +36,7 @@ def test_a_run_locked_again_with_its_steps_is_the_same_row_read_fresh(store):
         run = lock_run(tx.db, run_id)
         assert run is not None
         tx.write(run, usage={"input_tokens": 5})
-        found = lock_run_and_steps(tx.db, run_id)
+        found = lock_run_and_round(tx.db, run_id, 2)
         assert found is not None
         again, steps = found
         assert again is run  # whoever holds the run sees what the read found

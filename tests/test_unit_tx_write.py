@@ -9,7 +9,7 @@ from sqlmodel import Session, select
 
 from providers.types import Message
 from storage import Event, Run, Step, Store, ThreadMessage
-from storage.rows import lock_run, lock_run_and_steps
+from storage.rows import lock_run, lock_run_and_round, lock_run_and_steps
 from tasks.records import add_steps, append, thread_history
 from tests.stores import new_run  # its `store` fixture comes through conftest
 
@@ -168,7 +168,7 @@ def test_rows_inserted_later_are_read_back_in_their_transaction(store):
         assert run is not None
         add_steps(tx.db, run_id, [(1, None), (2, None)])
         append(tx.db, run, Message.text("user", "hello"))
-        found = lock_run_and_steps(tx.db, run_id)
+        found = lock_run_and_round(tx.db, run_id, 3)
         assert found is not None and [s.number for s in found[1]] == [1, 2]
         assert [m.role for m in thread_history(tx.db, run_id)] == ["user"]
 
@@ -189,7 +189,7 @@ def test_a_steps_reads_and_writes_begin_no_orm_session(store):
             tx.write(run, status="running")
             tx.emit(run_id, "run.started", {})
         with store.transaction() as tx:
-            found = lock_run_and_steps(tx.db, run_id)
+            found = lock_run_and_round(tx.db, run_id, 2)
             assert found is not None and [s.number for s in found[1]] == [1]
             assert thread_history(tx.db, run_id) == said
     finally:
