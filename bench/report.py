@@ -112,6 +112,12 @@ def _cpu_where(what: str, where: dict[str, Any] | None, bodies: bool = True) -> 
         names = " / ".join(tasks)
         figures = " / ".join(str(found["cpu_ms"]) for found in tasks.values())
         rows.append(f"| {what}: CPU per task body: {names} | {figures} ms | | |")
+    parts = where.get("per_part_ms")
+    if bodies and parts:
+        names, figures = " / ".join(parts), " / ".join(str(ms) for ms in parts.values())
+        rows.append(
+            f"| {what}: CPU per part of a step, in the bodies: {names} | {figures} ms | | |"
+        )
     return rows
 
 

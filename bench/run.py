@@ -61,7 +61,7 @@ from bench.common import (
     scratch_database,
 )
 from bench.report import DOC, PLOT, plot, record, table
-from bench.taskcpu import difference
+from bench.taskcpu import difference, parts_ms
 from storage.db import normalise_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -285,7 +285,8 @@ def _cpu_where(
 ) -> dict[str, Any] | None:
     """Where the workers' CPU went since `before` (`bench.taskcpu`): per step, in Celery's
     consumer threads, in task bodies and the rest; per task, by name, its body's CPU and
-    context switches. None where it was not measured."""
+    context switches; per part of a step, its CPU (`parts_ms`). None where it was not
+    measured."""
     if before is None:
         return None
     spent = difference(before, task_cpu(found.env, len(found.worker_pids)))
@@ -302,7 +303,7 @@ def _cpu_where(
     per_step = {
         part: round(spent[f"{part}_s"] / steps * 1000, 2) for part in ("consumer", "bodies", "rest")
     }
-    return {"per_step_ms": per_step, "per_task": per_task}
+    return {"per_step_ms": per_step, "per_task": per_task, "per_part_ms": parts_ms(spent["parts"])}
 
 
 def concurrency(

@@ -14,7 +14,7 @@ import pytest
 from bench import bare
 from bench.common import CpuClock
 from bench.report import plot, record, table
-from bench.taskcpu import difference
+from bench.taskcpu import difference, parts_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +36,7 @@ def _figures() -> dict[str, Any]:
                 "stepwise.start_run": {"tasks": 1000, "cpu_ms": 5.0},
                 "stepwise.tool_step": {"tasks": 2000, "cpu_ms": 4.5},
             },
+            "per_part_ms": {"model claim": 2.5, "model call": 3.0, "send": 1.5},
         },
         "bare": {"wall_s": 5.0, "worker_cpu_ms_per_step": 3.0},
     }
@@ -114,6 +115,10 @@ def test_the_table_says_where_the_workers_cpu_went_when_it_was_measured() -> Non
         "| 1000 runs: CPU per task body: model_step / start_run / tool_step "
         "| 8.0 / 5.0 / 4.5 ms | | |"
     ) in text
+    assert (
+        "| 1000 runs: CPU per part of a step, in the bodies: model claim / model call / send "
+        "| 2.5 / 3.0 / 1.5 ms | | |"
+    ) in text
     assert "1000 bare runs: that CPU" not in text  # this level's bare runs were not split
 
 
@@ -135,6 +140,42 @@ def test_what_the_workers_spent_is_the_difference_of_two_rounds_of_snapshots() -
     assert spent["bodies_s"] == 4.5 and spent["rest_s"] == 1.0
     model = spent["by_task"]["stepwise.model_step"]
     assert model["tasks"] == 6 and model["voluntary_switches"] == 60
+
+
+def test_the_parts_of_a_step_are_what_each_timed_function_spent_per_call() -> None:
+    def snapshot(pid: int, parts: dict[str, list[float]]) -> Any:
+        return {"pid": pid, "process_s": 0.0, "consumer_s": 0.0, "tasks": {}, "parts": parts}
+
+    before = [snapshot(1, {"model_step": [1, 0.010]}), snapshot(2, {})]
+    after = [
+        # Worker 1: two more model steps, 16 ms each, of which a claim of 5 ms, a record of 4.
+        snapshot(
+            1, {"model_step": [3, 0.042], "model_claim": [2, 0.010], "model_record": [2, 0.008]}
+        ),
+        # Worker 2: three tool steps of 6 ms, each a tool of 1 ms and a record of 2; four sends.
+        snapshot(
+            2,
+            {
+                "tool_step": [3, 0.018],
+                "tool_run": [3, 0.003],
+                "tool_record": [3, 0.006],
+                "send": [4, 0.004],
+            },
+        ),
+    ]
+
+    parts = parts_ms(difference(before, after)["parts"])
+
+    assert parts == {
+        "model claim": 5.0,
+        "model call": 7.0,
+        "model record": 4.0,
+        "tool claim": 3.0,
+        "tool": 1.0,
+        "tool record": 2.0,
+        "send": 1.0,
+    }
+    assert parts_ms(difference(before, before)["parts"]) == {}  # nothing ran: no part
 
 
 def test_the_table_carries_the_fan_out_figures_and_its_verdicts() -> None:
