@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
+import statistics
 import time
 import uuid
 from collections.abc import Iterator
@@ -118,6 +120,42 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     return {"n": len(ordered)} | {k: round(v * 1000, 2) for k, v in summary.items()}
 
 
+_SAMPLE = {"messages": [{"role": "user", "text": f"message {n}", "n": n} for n in range(40)]}
+
+
+def _fixed_work() -> None:
+    for _ in range(20):
+        json.loads(json.dumps(_SAMPLE))
+
+
+def python_speed(pause: float = 0.2, rounds: int = 10) -> dict[str, float]:
+    """The thread CPU, in µs, of one fixed piece of Python work (JSON in and out): done
+    back to back, and right after the thread slept `pause` seconds, at the median.
+
+    The host's speed, in a form that explains its figures. On the virtual machines these
+    benchmarks ran on, the same work cost about twice as much right after a wait as in a
+    loop that never waits. A step's work on the workers always follows a wait (for the
+    broker, the model, a tool); `bench.steps` runs steps back to back."""
+
+    def timed() -> float:
+        began = time.thread_time()
+        _fixed_work()
+        return time.thread_time() - began
+
+    for _ in range(10):
+        _fixed_work()
+    hot = [timed() for _ in range(100)]
+    after = []
+    for _ in range(rounds):
+        time.sleep(pause)
+        after.append(timed())
+    return {
+        "hot_us": round(statistics.median(hot) * 1e6),
+        "after_sleep_us": round(statistics.median(after) * 1e6),
+        "sleep_s": pause,
+    }
+
+
 def machine(database_url: str, redis_url: str) -> dict[str, Any]:
     """What the figures were measured on."""
     cpu = ""
@@ -140,4 +178,5 @@ def machine(database_url: str, redis_url: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "postgres": postgres,
         "redis": redis_version,
+        "python_speed": python_speed(),
     }

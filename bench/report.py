@@ -186,7 +186,17 @@ def describe(info: dict[str, Any]) -> str:
     return (
         f"{info['cpus']} CPUs ({info['cpu_model']}), {info['platform']}, Python {info['python']}, "
         f"PostgreSQL {pg['server_version']} (synchronous_commit {pg['synchronous_commit']}, "
-        f"fsync {pg['fsync']}), Redis {info['redis']}"
+        f"fsync {pg['fsync']}), Redis {info['redis']}{_speed(info.get('python_speed'))}"
+    )
+
+
+def _speed(speed: dict[str, float] | None) -> str:
+    if not speed:
+        return ""
+    return (
+        f"; a fixed piece of Python work (`bench.common.python_speed`): {speed['hot_us']:g} µs "
+        f"of CPU back to back, {speed['after_sleep_us']:g} µs right after a "
+        f"{speed['sleep_s']:g} s sleep"
     )
 
 

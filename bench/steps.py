@@ -9,6 +9,10 @@ publishing and its decisions.
 
     .venv/bin/python -m bench.steps                  # 200 runs
     .venv/bin/python -m bench.steps --runs 50 --profile
+    .venv/bin/python -m bench.steps --runs 50 --pause 0.2
+
+`--pause` sleeps before each step, as a step on the workers follows a wait (for the
+broker, the model, the tool); by default the steps run back to back.
 
 It prints, per kind of step (accept, start, model, tool): CPU and wall time per
 step (median and p99) and SQL statements per step, and writes them to
@@ -52,7 +56,8 @@ KINDS = ("accept", "start", "model", "tool")
 class Meter:
     """CPU, wall time and SQL statements per call, by kind of step."""
 
-    def __init__(self) -> None:
+    def __init__(self, pause: float = 0.0) -> None:
+        self.pause = pause  # seconds slept before each call, outside what is measured
         self.cpu: dict[str, list[float]] = defaultdict(list)
         self.wall: dict[str, list[float]] = defaultdict(list)
         self.statements: dict[str, list[int]] = defaultdict(list)
@@ -64,6 +69,8 @@ class Meter:
 
     def measure(self, kind: str, call: Callable[[], Any]) -> Any:
         """`call()`, its cost noted under `kind`."""
+        if self.pause:
+            time.sleep(self.pause)
         self._count = 0
         cpu, wall = time.process_time(), time.perf_counter()
         result = call()
@@ -132,7 +139,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             database_url=url, redis_url=args.redis_url, agents_modules=("bench.agents",)
         )
         rt = runtime_for(settings)
-        meter = Meter()
+        meter = Meter(args.pause)
         event.listen(rt.store.engine, "before_cursor_execute", meter.on_statement)
         for _ in range(args.warmup):
             one_run(rt, Meter())
@@ -179,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     add("--redis-url", default=env.get("STEPWISE_REDIS_URL") or LOCAL_REDIS)
     add("--output", type=Path, default=RESULTS, help="where the JSON figures go")
     add("--profile", action="store_true", help="cProfile (CPU time) the measured runs")
+    add("--pause", type=float, default=0.0, help="seconds slept before each measured step")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     figures = run_benchmark(args)
     profile = figures.pop("profile", None)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from bench import bare
 from bench.common import CpuClock
 from bench.report import plot, record, table
+from bench.steps import Meter
 from bench.taskcpu import difference, parts_ms
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +74,7 @@ def _figures() -> dict[str, Any]:
             "python": "3.11",
             "postgres": {"server_version": "15", "synchronous_commit": "on", "fsync": "on"},
             "redis": "7.0",
+            "python_speed": {"hot_us": 1350, "after_sleep_us": 2600, "sleep_s": 0.2},
         },
         "config": {
             "workers": 2,
@@ -178,6 +181,16 @@ def test_the_parts_of_a_step_are_what_each_timed_function_spent_per_call() -> No
     assert parts_ms(difference(before, before)["parts"]) == {}  # nothing ran: no part
 
 
+def test_the_step_benchmark_s_pause_before_a_step_is_left_out_of_its_figures() -> None:
+    meter = Meter(pause=0.05)
+    began = time.perf_counter()
+
+    meter.measure("model", lambda: None)
+
+    assert time.perf_counter() - began >= 0.05
+    assert meter.wall["model"][0] < 0.05 and meter.cpu["model"][0] < 0.05
+
+
 def test_the_table_carries_the_fan_out_figures_and_its_verdicts() -> None:
     text = table(_figures())
 
@@ -239,6 +252,10 @@ def test_a_recorded_run_names_its_command_and_machine(tmp_path: Path) -> None:
     text = doc.read_text()
     assert text.startswith("# Benchmarks\n")
     assert "### 2026-11-21 12:00: `python -m bench.run`" in text
+    assert (
+        "Redis 7.0; a fixed piece of Python work (`bench.common.python_speed`): 1350 µs of "
+        "CPU back to back, 2600 µs right after a 0.2 s sleep."
+    ) in text
     assert "2 CPUs (a CPU)" in text and "PostgreSQL 15 (synchronous_commit on" in text
     assert "Memory: 1 x `-P gevent -c 1100`, model latency 60.0 s." in text
     assert text.rstrip().endswith("| the table |")
@@ -318,6 +335,18 @@ def test_every_scenario_runs_on_real_workers_and_every_run_succeeds(
     assert all(found["cpu_ms"] > 0 for found in tasks.values())
     assert level["bare"]["worker_cpu_where"]["per_task"]["bench.bare_step"]["tasks"] == 24
     assert level["worker_cpu_where"]["per_step_ms"]["consumer"] > 0
+    # Each part of a step, from the functions that do it, in the workers.
+    parts = level["worker_cpu_where"]["per_part_ms"]
+    assert list(parts) == [
+        "model claim",
+        "model call",
+        "model record",
+        "tool claim",
+        "tool",
+        "tool record",
+        "send",
+    ]
+    assert all(ms > 0 for ms in parts.values())
     memory = figures["memory"]
     assert memory["succeeded"] == 5
     assert memory["peak_model_calls_in_flight"] >= 1 and memory["peak_worker_rss_mb"] > 0
@@ -350,4 +379,6 @@ def test_the_step_benchmark_steps_runs_in_process_and_counts_their_sql(
     # Every step reads what it decides on and writes what it decided: two statements at least.
     assert all(figures[kind]["statements"] >= 2 for kind in counts)
     assert figures["step_cpu_ms_mean"] > 0
+    speed = figures["machine"]["python_speed"]
+    assert speed["hot_us"] > 0 and speed["after_sleep_us"] > 0
     assert "| model | 9 |" in done.stdout
