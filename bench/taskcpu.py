@@ -166,20 +166,29 @@ def parts_ms(parts: dict[str, list[float]]) -> dict[str, float]:
     """A step's parts, ms of CPU each, from `difference`'s `parts`: a model step's claim,
     call (the rest of its step function: the SDK, the stream, the deltas handed on) and
     record; a tool step's claim (the rest of its step function), tool (handing the call
-    to its thread and waiting) and record; sending what follows a step. A part whose
-    function never ran is left out."""
+    to its thread and waiting) and record; sending what follows a step. A claim, a tool
+    and a record are per call of their function; a rest is what is left of its step
+    function's CPU, per call of that function (a redelivered step may skip a record).
+    A part whose function never ran is left out."""
 
-    def each(name: str) -> float:
-        calls, cpu = parts.get(name, (0, 0.0))
-        return cpu / calls * 1000 if calls else float("nan")
+    def calls(name: str) -> float:
+        return parts.get(name, (0, 0.0))[0]
 
+    def cpu(name: str) -> float:
+        return parts.get(name, (0, 0.0))[1]
+
+    def per_call(spent: float, name: str) -> float:
+        return spent / calls(name) * 1000 if calls(name) else float("nan")
+
+    model_rest = cpu("model_step") - cpu("model_claim") - cpu("model_record")
+    tool_rest = cpu("tool_step") - cpu("tool_run") - cpu("tool_record")
     found = {
-        "model claim": each("model_claim"),
-        "model call": each("model_step") - each("model_claim") - each("model_record"),
-        "model record": each("model_record"),
-        "tool claim": each("tool_step") - each("tool_run") - each("tool_record"),
-        "tool": each("tool_run"),
-        "tool record": each("tool_record"),
-        "send": each("send"),
+        "model claim": per_call(cpu("model_claim"), "model_claim"),
+        "model call": per_call(model_rest, "model_step"),
+        "model record": per_call(cpu("model_record"), "model_record"),
+        "tool claim": per_call(tool_rest, "tool_step"),
+        "tool": per_call(cpu("tool_run"), "tool_run"),
+        "tool record": per_call(cpu("tool_record"), "tool_record"),
+        "send": per_call(cpu("send"), "send"),
     }
     return {name: round(ms, 2) for name, ms in found.items() if ms == ms}
