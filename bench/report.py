@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench import history
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "img" / "bench-concurrency.png"
@@ -201,7 +203,8 @@ def _speed(speed: dict[str, float] | None) -> str:
 
 
 def record(figures: dict[str, Any], text: str, doc: Path = DOC) -> None:
-    """Append the table, the machine and the command to docs/benchmarks.md."""
+    """Append the table, the machine and the command to docs/benchmarks.md, then write
+    its summary of every recorded run anew (`bench.history`)."""
     cfg = figures["config"]
     section = (
         f"\n### {figures['date']}: `{figures['command']}`\n\n"
@@ -212,3 +215,4 @@ def record(figures: dict[str, Any], text: str, doc: Path = DOC) -> None:
     )
     with doc.open("a") as out:
         out.write(section)
+    history.rewrite(doc)

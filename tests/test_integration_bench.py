@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import bare
+from bench import bare, history
 from bench.common import CpuClock
 from bench.report import plot, record, table
 from bench.steps import Meter
@@ -259,6 +259,54 @@ def test_a_recorded_run_names_its_command_and_machine(tmp_path: Path) -> None:
     assert "2 CPUs (a CPU)" in text and "PostgreSQL 15 (synchronous_commit on" in text
     assert "Memory: 1 x `-P gevent -c 1100`, model latency 60.0 s." in text
     assert text.rstrip().endswith("| the table |")
+
+
+def test_recording_a_run_writes_the_summary_of_every_run_of_the_plain_command(
+    tmp_path: Path,
+) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Benchmarks\n\n{history.BEGIN}\nstale\n{history.END}\n\nafter\n")
+    first = _figures()
+    second = _figures() | {"date": "2026-11-22 12:00"}
+    second["overhead"] = {"step_ms": {"p50": 10.0, "p99": 15.0}}
+    other = _figures() | {"date": "2026-11-23 12:00", "command": "python -m bench.run --x"}
+    other["overhead"] = {"step_ms": {"p50": 1.0, "p99": 1.0}}
+
+    for figures in (first, second, other):
+        record(figures, table(figures), doc)
+
+    text = doc.read_text()
+    block = text[text.index(history.BEGIN) : text.index(history.END)]
+    assert "stale" not in block and "2026-11-23" not in block
+    assert "| step overhead, p50 ≤ 1.5x (bare hop + insert) | 1.4 to 2x | 1 of 2 |" in block
+    assert "| step overhead, p99 ≤ 20 ms | 15 to 25 ms | 1 of 2 |" in block
+    assert "| 1,000 runs at once in ≤ 10 s | 12.5 s | 0 of 2 |" in block
+    assert "| one worker with ≥ 1,000 calls in flight under 300 MB | 250 MB | 2 of 2 |" in block
+    assert "| fan-out: 1,000 stored events/s | 950 events/s | 0 of 2 |" in block
+    assert (
+        "| 2026-11-21 12:00 | 2 x gevent -c 1000 | 4 | 1 | 7 (1.4x) | 25 | 12.5 | 5 | 2.5x "
+        "| 9 | 250 | 950 |"
+    ) in block
+    assert "| 2026-11-22 12:00 | 2 x gevent -c 1000 | 4 | 1 | 10 (2x) | 15 |" in block
+    assert text.index("after") < text.index("### 2026-11-21 12:00")  # the runs still append
+
+
+def test_a_run_with_too_few_calls_in_flight_does_not_count_for_the_memory_target() -> None:
+    figures = _figures()
+    figures["memory"] = {"peak_worker_rss_mb": 120.0, "peak_model_calls_in_flight": 800}
+    text = f"### 2026-11-21 12:00: `python -m bench.run`\n\n{table(figures)}\n"
+
+    summary = history.summary(history.recorded_runs(text))
+
+    assert "| one worker with ≥ 1,000 calls in flight under 300 MB | - | 0 of 0 |" in summary
+    assert summary.splitlines()[-1].endswith("| 9 |  | 950 |")
+
+
+def test_the_summary_in_the_benchmarks_doc_is_the_one_its_recorded_runs_give() -> None:
+    text = history.DOC.read_text()
+
+    assert history.BEGIN in text and history.END in text
+    assert history.rewritten(text) == text, "run: .venv/bin/python -m bench.history"
 
 
 def test_the_plot_is_a_png_of_throughput_and_latency(tmp_path: Path) -> None:
