@@ -30,7 +30,7 @@ from typing import Any
 import anthropic
 import httpx2
 
-from providers.base import Clients, connection_limits, split_model, sse_events
+from providers.base import Clients, http_options, split_model, sse_events
 from providers.errors import ContextLengthExceeded, Fatal, ProviderError, Retryable, retry_after
 from providers.types import (
     Delta,
@@ -399,7 +399,7 @@ def _make_client(base_url: str | None, api_key: str) -> anthropic.Anthropic:
         base_url=base_url,
         max_retries=0,  # the Celery task retries, visibly
         timeout=DEFAULT_TIMEOUT,
-        http_client=anthropic.DefaultHttpxClient(limits=connection_limits(httpx2)),
+        http_client=anthropic.DefaultHttpxClient(**http_options(httpx2)),
     )
 
 

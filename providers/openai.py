@@ -30,7 +30,7 @@ import openai
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion
 
-from providers.base import Clients, connection_limits, split_model, sse_events
+from providers.base import Clients, http_options, split_model, sse_events
 from providers.errors import ContextLengthExceeded, Fatal, ProviderError, Retryable, retry_after
 from providers.types import (
     Delta,
@@ -474,14 +474,14 @@ def chunk_json(data: str, request: Any) -> dict[str, Any]:
 
 
 def make_client(base_url: str | None, api_key: str) -> openai.OpenAI:
-    """An SDK client with its retries off, keeping its connections open (`connection_limits`);
-    the timeout goes on every request too."""
+    """An SDK client with its retries off, keeping its connections open in several pools
+    (`http_options`); the timeout goes on every request too."""
     return openai.OpenAI(
         api_key=api_key,
         base_url=base_url,
         max_retries=0,  # the Celery task retries, visibly
         timeout=openai.Timeout(DEFAULT_TIMEOUT, connect=CONNECT_TIMEOUT),
-        http_client=openai.DefaultHttpxClient(limits=connection_limits(HTTP)),
+        http_client=openai.DefaultHttpxClient(**http_options(HTTP)),
     )
 
 

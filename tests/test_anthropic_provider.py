@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from providers.anthropic import AnthropicProvider, to_wire
+from providers.base import POOL_SHARDS
 from providers.errors import ContextLengthExceeded, Fatal, Retryable
 from providers.types import (
     Delta,
@@ -338,7 +339,7 @@ def test_settings_base_url_and_api_key_env_win_over_the_environment(
 def test_the_connections_of_more_calls_in_flight_than_the_sdk_keeps_stay_open_for_the_next(
     fake: FakeAnthropic,
 ) -> None:
-    provider, calls = AnthropicProvider(), 120  # the SDK's own client keeps 100 between calls
+    provider, calls = AnthropicProvider(), 160  # the SDK's own client keeps 100 between calls
     for _ in range(2):
         gate = threading.Event()
         fake.script(*(Turn(message(text(f"answer {i}")), gate=gate) for i in range(calls)))
@@ -348,7 +349,9 @@ def test_the_connections_of_more_calls_in_flight_than_the_sdk_keeps_stay_open_fo
         texts = sorted(a.message.joined_text for a in answers)
         assert texts == sorted(f"answer {i}" for i in range(calls))
 
-    assert len({r.peer for r in fake.requests}) == calls
+    # New threads may fall on the client's pools in another order: one more connection
+    # a pool at most, where keeping only the SDK's 100 would have opened 60 more.
+    assert calls <= len({r.peer for r in fake.requests}) <= calls + POOL_SHARDS
 
 
 def test_streamed_calls_one_after_another_reuse_one_connection(fake: FakeAnthropic) -> None:
