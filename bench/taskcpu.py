@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import os
 import resource
 import threading
@@ -191,4 +192,4 @@ def parts_ms(parts: dict[str, list[float]]) -> dict[str, float]:
         "tool record": per_call(cpu("tool_record"), "tool_record"),
         "send": per_call(cpu("send"), "send"),
     }
-    return {name: round(ms, 2) for name, ms in found.items() if ms == ms}
+    return {name: round(ms, 2) for name, ms in found.items() if not math.isnan(ms)}
